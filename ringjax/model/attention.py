@@ -1,0 +1,80 @@
+"""Grouped-query attention of the Ling family, with an optional KV cache (pure functions).
+
+HF stores one fused `query_key_value` matrix (rows Q heads | K heads | V heads); ringjax keeps q, k, v
+separate ([H, N, D] / [H, G, D]) so each shards over heads. Ling 2.0 adds a per-head RMSNorm on q and k
+before RoPE. Masks come from positions (and segment ids for packed rows), so right-padded prompts,
+packed sequences and cached decoding share one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ringjax.model.config import LingConfig
+from ringjax.model.ops import rms_norm
+from ringjax.model.rope import apply_rope
+from ringjax.sharding import constrain
+from ringjax.typing import Array, Bool, Float, Int
+
+BHSD = ("batch", "seq", "act_heads", "head_dim")
+BKGD = ("batch", "cache_seq", "act_kv_heads", "head_dim")
+
+
+def sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Float[Array, "B K G D"],
+         mask: Bool[Array, "B S K"], impl: str) -> Float[Array, "B S N D"]:
+    """Scaled dot-product attention (scale 1/sqrt(D)), GQA by head groups."""
+    if impl == "reference":
+        b, s, n, d = q.shape
+        g = k.shape[2]
+        qg = q.reshape(b, s, g, n // g, d).astype(jnp.float32)
+        scores = jnp.einsum("bsgrd,bkgd->bgrsk", qg, k.astype(jnp.float32)) / jnp.sqrt(jnp.float32(d))
+        scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bgrsk,bkgd->bsgrd", probs, v.astype(jnp.float32))
+        return out.reshape(b, s, n, d).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
+
+
+def attention_mask(q_pos: Int[Array, "B S"], k_pos: Int[Array, "B K"], q_seg: Int[Array, "B S"] | None,
+                   k_seg: Int[Array, "B K"] | None) -> Bool[Array, "B S K"]:
+    mask = k_pos[:, None, :] <= q_pos[:, :, None]
+    if q_seg is not None:
+        mask &= q_seg[:, :, None] == k_seg[:, None, :]
+    return mask
+
+
+def attention(p: dict[str, Any], x: Float[Array, "B S H"], positions: Int[Array, "B S"],
+              rope: tuple[Array, Array], segment_ids: Int[Array, "B S"] | None,
+              cache: dict[str, Array] | None, cfg: LingConfig) -> tuple[Float[Array, "B S H"], dict | None]:
+    """One attention block. With `cache` ({k, v: [B K G D]}), new keys are written at `positions`
+    and the queries attend to every cached position <= their own."""
+    dt = x.dtype
+    q = jnp.einsum("bsh,hnd->bsnd", x, p["wq"].astype(dt))
+    k = jnp.einsum("bsh,hgd->bsgd", x, p["wk"].astype(dt))
+    v = jnp.einsum("bsh,hgd->bsgd", x, p["wv"].astype(dt))
+    if cfg.use_qkv_bias:
+        q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+    if cfg.use_qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q = constrain(q, BHSD)
+
+    if cache is None:
+        k_all, v_all, k_pos, mask_seg = k, v, positions, segment_ids
+        new_cache = None
+    else:
+        rows = jnp.arange(x.shape[0])[:, None]
+        k_all = cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype), mode="drop")
+        v_all = cache["v"].at[rows, positions].set(v.astype(cache["v"].dtype), mode="drop")
+        k_all, v_all = constrain(k_all, BKGD), constrain(v_all, BKGD)
+        new_cache = {"k": k_all, "v": v_all}
+        k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (x.shape[0], k_all.shape[1]))
+        mask_seg = None
+    mask = attention_mask(positions, k_pos, mask_seg, mask_seg if cache is None else None)
+    out = sdpa(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.compute.attention)  # [B S N D]
+    out = jnp.einsum("bsnd,ndh->bsh", out, p["wo"].astype(dt))
+    return out, new_cache
