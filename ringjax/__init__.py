@@ -2,8 +2,9 @@
 
 from ringjax.model import (V1, V2, ComputeConfig, Ling, LingConfig, RopeScaling, abstract_model, create_model,
                            init_cache, preset)
+from ringjax.hf import from_pretrained, save_pretrained
 from ringjax.sharding import initialize_distributed, make_mesh
 
 __all__ = ["V1", "V2", "ComputeConfig", "Ling", "LingConfig", "RopeScaling", "abstract_model", "create_model",
-           "init_cache", "initialize_distributed", "make_mesh", "preset"]
+           "from_pretrained", "init_cache", "initialize_distributed", "make_mesh", "preset", "save_pretrained"]
 __version__ = "0.1.0"

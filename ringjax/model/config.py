@@ -114,6 +114,9 @@ class LingConfig:
     norm_head: bool = False
     tie_word_embeddings: bool = False
     num_nextn_predict_layers: int = 0
+    # config.json keys that do not change the forward pass (token ids, dtype, ...), as sorted
+    # (key, JSON value) pairs: carried from an imported checkpoint to its export.
+    hf_extra: tuple[tuple[str, str], ...] = ()
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
 
     def __post_init__(self):
