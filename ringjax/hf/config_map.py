@@ -35,7 +35,8 @@ SPECIAL = ("architectures", "model_type", "auto_map", "moe_router_enable_expert_
 PASSTHROUGH = ("torch_dtype", "dtype", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
                "initializer_range", "attention_dropout", "embedding_dropout", "output_dropout", "use_cache",
                "output_router_logits", "router_dtype", "mtp_loss_scaling_factor", "max_window_layers",
-               "use_sliding_window", "sliding_window", "_name_or_path", "moe_layer_freq", "using_split_qkv_in_self_attention",
+               "use_sliding_window", "sliding_window", "_name_or_path", "moe_layer_freq",
+               "using_split_qkv_in_self_attention",
                "multi_gate", "use_interleaved_frame_timestamp", "z_loss_weight", "moe_router_topk_scaling_factor",
                "layer_group_size", "group_norm_size", "num_layers_in_first_pipeline_stage", "rope_parameters",
                "keys_to_ignore_at_inference", "norm_softmax", "moe_shared_expert_overlap")

@@ -29,7 +29,8 @@ def group_of_rows(group_sizes: Int[Array, " G"], rows: int) -> Int[Array, " M"]:
     return jnp.searchsorted(ends, jnp.arange(rows), side="right").astype(jnp.int32)
 
 
-def gather_matmul(x: Float[Array, "M K"], w: Float[Array, "G K N"], group_sizes: Int[Array, " G"]) -> Float[Array, "M N"]:
+def gather_matmul(x: Float[Array, "M K"], w: Float[Array, "G K N"],
+                  group_sizes: Int[Array, " G"]) -> Float[Array, "M N"]:
     m, k = x.shape
     g, _, n = w.shape
     b = tile_size(m, g)

@@ -50,7 +50,8 @@ def routed_experts(x: Float[Array, "T H"], weights: Float[Array, "T X"], experts
 
 
 def dense_experts(x: Float[Array, "T H"], weights: Float[Array, "T X"], experts: Int[Array, "T X"],
-                  wg: Float[Array, "E H F"], wu: Float[Array, "E H F"], wd: Float[Array, "E F H"]) -> Float[Array, "T H"]:
+                  wg: Float[Array, "E H F"], wu: Float[Array, "E H F"],
+                  wd: Float[Array, "E F H"]) -> Float[Array, "T H"]:
     """Every expert on every token; the reference the grouped paths are tested against."""
     dt = x.dtype
     combine = jnp.sum(jax.nn.one_hot(experts, wg.shape[0], dtype=jnp.float32) * weights[..., None], axis=1)  # [T E]

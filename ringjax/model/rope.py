@@ -44,14 +44,16 @@ def inv_frequencies(rotary_dim: int, theta: float, scaling: RopeScaling | None) 
     return inv, attn
 
 
-def rope_tables(positions: Int[Array, "B S"], cfg: LingConfig) -> tuple[Float[Array, "B S R2"], Float[Array, "B S R2"]]:
+def rope_tables(positions: Int[Array, "B S"],
+                cfg: LingConfig) -> tuple[Float[Array, "B S R2"], Float[Array, "B S R2"]]:
     """cos and sin tables (float32) for the given absolute positions."""
     inv, attn = inv_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv, jnp.float32)  # [B S R/2]
     return jnp.cos(angles) * attn, jnp.sin(angles) * attn
 
 
-def apply_rope(x: Float[Array, "B S N D"], cos: Float[Array, "B S R2"], sin: Float[Array, "B S R2"]) -> Float[Array, "B S N D"]:
+def apply_rope(x: Float[Array, "B S N D"], cos: Float[Array, "B S R2"],
+               sin: Float[Array, "B S R2"]) -> Float[Array, "B S N D"]:
     """Rotates the first 2*R2 dims of every head (rotate-half pairing i <-> i + R2)."""
     half = cos.shape[-1]
     x32 = x.astype(jnp.float32)
