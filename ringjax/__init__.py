@@ -1,8 +1,8 @@
 """ringjax: reinforcement learning of Ling / Ring MoE reasoning models in JAX."""
 
-from ringjax.model import (V1, V2, ComputeConfig, Ling, LingConfig, RopeScaling, abstract_model, create_model,
-                           init_cache, preset)
 from ringjax.hf import from_pretrained, save_pretrained
+from ringjax.model import V1, V2, ComputeConfig, Ling, LingConfig, RopeScaling, abstract_model, create_model
+from ringjax.model import init_cache, preset
 from ringjax.sharding import initialize_distributed, make_mesh
 
 __all__ = ["V1", "V2", "ComputeConfig", "Ling", "LingConfig", "RopeScaling", "abstract_model", "create_model",
