@@ -44,7 +44,7 @@ RULES: dict[str, tuple[str, ...] | None] = {
     "expert_mlp": ("tensor",),
     "router_expert": None,
     "norm": None,
-    "mtp_in": None,
+    "mtp_in": ("tensor",),
 }
 
 
