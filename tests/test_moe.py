@@ -31,9 +31,9 @@ def _loop_matmul(x, w, sizes):
 
 
 @pytest.mark.parametrize("sizes, rows", [
-    ([3, 0, 5, 1], 9),  # tile 1
-    ([3, 0, 5, 1], 14),  # tail rows past the groups
-    ([40, 0, 0, 100, 7, 1, 0, 60], 208),  # tile 4 with empty groups
+    ([1, 0, 1, 1], 3),  # tile 1
+    ([3, 0, 5, 1], 14),  # tile 4, tail rows past the groups
+    ([40, 0, 0, 100, 7, 1, 0, 60], 208),  # tile 16 with empty groups
     ([300, 12, 0, 200], 600),  # tile 32, tail of 88 rows
     ([0, 0, 256, 0], 256),  # one group takes everything
 ])
@@ -48,8 +48,10 @@ def test_gather_matmul_vs_loop(sizes, rows):
 
 
 def test_tile_sizes_covered():
-    assert tile_size(9, 4) == 1 and tile_size(208, 8) == 4 and tile_size(600, 4) == 32
+    """The cases above take tiles 1, 4, 16 and 32; decode-sized inputs avoid one weight gather per row."""
+    assert tile_size(3, 4) == 1 and tile_size(14, 4) == 4 and tile_size(208, 8) == 16 and tile_size(600, 4) == 32
     assert tile_size(10**6, 2) == 128
+    assert tile_size(16, 16) == 1 and tile_size(64, 16) == 8  # batch 8 / 32, top-2 of 16 experts
 
 
 _jit_gather = jax.jit(gather_matmul)
@@ -58,9 +60,9 @@ _jit_gather = jax.jit(gather_matmul)
 @given(data=st.data())
 @settings(max_examples=40, deadline=None)
 def test_gather_matmul_property(data):
-    # few distinct shapes (rows in {8, 64}, 1-5 groups: tiles 1, 2, 4, 8, 16) so compiles stay cached;
+    # few distinct shapes (rows in {3, 8, 64}, 1-5 groups: tiles 1, 2, 4, 8, 16, 32) so compiles stay cached;
     # the group sizes, which the kernel sees as data, are arbitrary with sum <= rows
-    rows = data.draw(st.sampled_from([8, 64]), label="rows")
+    rows = data.draw(st.sampled_from([3, 8, 64]), label="rows")
     g = data.draw(st.integers(1, 5), label="groups")
     cuts = sorted(data.draw(st.lists(st.integers(0, rows), min_size=g, max_size=g), label="cuts"))
     sizes = np.diff([0] + cuts).tolist()  # non-negative, sum = max(cuts) <= rows

@@ -3,7 +3,8 @@
 `ragged_dot` is XLA's grouped matmul (a native kernel on GPU and TPU). On CPU XLA lowers it to a
 dense product over every group, so `gather` is the CPU path: rows are laid out in tiles of `tile`
 rows that never straddle two groups, each tile gathers its expert's matrix and one batched matmul
-runs. Work is (rows + experts * (tile - 1)) / tile tiles, proportional to the routed rows only.
+runs. Work is (rows + experts * (tile - 1)) / tile tiles, proportional to the routed rows only; the
+tile size trades weight gathers against padded rows (`tile_size`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ import jax.numpy as jnp
 from ringjax.typing import Array, Float, Int
 
 
-def tile_size(rows: int, groups: int) -> int:
-    """Largest power of two <= rows / (4 * groups), in [1, 128]: padding stays below ~25% of the rows."""
-    target = rows // (4 * groups)
-    size = 1
-    while size * 2 <= min(target, 128):
-        size *= 2
-    return size
+def num_tiles(rows: int, groups: int, tile: int) -> int:
+    """Tiles of `tile` rows needed for `rows` rows in `groups` groups when no tile straddles two groups."""
+    return rows if tile == 1 else (rows + groups * (tile - 1) + tile - 1) // tile
+
+
+def tile_size(rows: int, groups: int, copy_cost: int = 16) -> int:
+    """The power of two in [1, 128] with the least modelled cost `tiles * (copy_cost + tile)`.
+
+    Each tile gathers one expert matrix (cost ~ `copy_cost` rows of matmul) and multiplies `tile` rows,
+    padding included. Few rows per expert (decode) -> small tiles but not one gather per row; many
+    rows (prefill, training) -> large tiles, where the gathers are negligible next to the matmul.
+    """
+    sizes = [2**i for i in range(8)]
+    return min(sizes, key=lambda b: (num_tiles(rows, groups, b) * (copy_cost + b), b))
 
 
 def group_of_rows(group_sizes: Int[Array, " G"], rows: int) -> Int[Array, " M"]:
@@ -45,7 +53,7 @@ def gather_matmul(x: Float[Array, "M K"], w: Float[Array, "G K N"],
     start = jnp.cumsum(group_sizes) - group_sizes
     dest = padded_start[row_group] + jnp.arange(m) - start[row_group]  # [M] row slot in the tiled buffer
     dest = jnp.where(valid, dest, m + g * (b - 1) + b)  # unrouted rows: out of range, dropped
-    n_tiles = (m + g * (b - 1) + b - 1) // b
+    n_tiles = num_tiles(m, g, b)
     buf = jnp.zeros((n_tiles * b, k), x.dtype).at[dest].set(x, mode="drop")
     tile_group = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * b, side="right")
     tile_w = w[jnp.minimum(tile_group, g - 1)]  # [tiles K N]
