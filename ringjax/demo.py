@@ -8,6 +8,7 @@ folder, reloads it sharded and checks the reloaded model gives bit-identical log
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -37,7 +38,8 @@ def run_demo(out_dir: str, preset_name: str = "tiny-v2", batch: int = 8, prompt_
     t0 = time.perf_counter()
     cfg = preset(preset_name)
     n = jax.device_count()
-    mesh = make_mesh(fsdp=-1) if cfg.num_experts % n else make_mesh(expert=-1)
+    expert = math.gcd(n, cfg.num_experts)  # experts over as many devices as divide them, the rest FSDP
+    mesh = make_mesh(fsdp=n // expert, expert=expert)
     rng = np.random.default_rng(seed)
     prompts = jnp.asarray(rng.integers(0, cfg.vocab_size, (batch, prompt_len)), jnp.int32)
     with jax.set_mesh(mesh):

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[test]"
 bash scripts/install_sglang_cpu.sh
-python3 -m ruff check ringjax rollout tests benchmarks
+python3 -m ruff check ringjax rollout tests benchmarks scripts
 python3 -m pytest -q "$@"

@@ -15,27 +15,10 @@ from flax import nnx
 import ringjax
 from ringjax.model import ExpertBias
 from ringjax.model.logprobs import token_logprobs
+from helpers import random_model
 
 TOL = 1e-5  # fp32 with matmul precision "highest" (conftest)
 ARCHS = ["tiny-v1", "tiny-v2"]
-
-
-def random_model(cfg, seed=0):
-    """A model of `cfg` with numpy-drawn parameters (no jax init compile); same seed -> same parameters."""
-    graphdef, abstract = nnx.split(ringjax.abstract_model(cfg))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, x):
-        name = jax.tree_util.keystr(path)
-        if "norm" in name:
-            value = 1 + 0.1 * rng.normal(size=x.shape)
-        elif "expert_bias" in name:
-            value = 0.3 * rng.normal(size=x.shape)
-        else:
-            value = 0.1 * rng.normal(size=x.shape)
-        return jnp.asarray(value, x.dtype)
-
-    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
 
 
 def with_config(model, **changes):
@@ -112,9 +95,9 @@ def _np_log_softmax(x):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 10, 64])
-@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.5])
+@pytest.mark.parametrize("chunk, temperature", [(1, 1.0), (3, 0.7), (7, 1.5), (10, 1.0), (64, 0.7)])
 def test_chunked_token_logprobs(chunk, temperature):
+    """S = 10: chunks of 1, 3 and 7 (last chunk padded), exactly S, and larger than S."""
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(2, 10, 16)).astype(np.float32)
     head = rng.normal(size=(50, 16)).astype(np.float32)
@@ -234,7 +217,8 @@ def test_reference_attention_equals_xla(model):
     _close(got, want)
 
 
-def test_dense_moe_impl_equals_gather(model):
+def test_dense_moe_impl_equals_gather():
+    model = random_model(ringjax.preset("tiny-v2"))
     tokens = _tokens(model.config, 2, 12, seed=7)
     fwd = lambda m, t: m(t).hidden  # noqa: E731
     want = jitted(with_config(model, **{"compute.moe": "dense"}), fwd)(tokens)
@@ -272,8 +256,8 @@ def test_tied_embeddings():
         cfg.replace(tie_word_embeddings=False)).total - cfg.vocab_size * cfg.hidden_size
 
 
-@pytest.mark.parametrize("depth", [1, 2])
-def test_mtp_hidden(depth):
+def test_mtp_hidden():
+    depth = 2  # depth 0 reads token p + 1, depth 1 token p + 2: both shifts checked
     cfg = ringjax.preset("tiny-v2", num_nextn_predict_layers=depth)
     m = random_model(cfg)
     tokens = _tokens(cfg, 2, 10, seed=8)

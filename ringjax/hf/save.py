@@ -92,6 +92,8 @@ def save_pretrained(model: Ling, path: str, *, max_shard_size: int | str = "2GB"
         raise FileExistsError(f"{path} exists; pass overwrite=True (ringjax export --overwrite) to replace it")
     writer = jax.process_index() == 0
     limit = _parse_size(max_shard_size)
+    if writer:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)) if writer else None
     try:
         shard: dict[str, np.ndarray] = {}
