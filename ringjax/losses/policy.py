@@ -1,0 +1,107 @@
+"""The RL policy loss: PPO clipped term x train-inference correction, aggregated, plus optional regularisers.
+
+loss = -agg(w * min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)) + kl_coef * agg(k3(ref, logp))
+       - entropy_coef * agg(entropy) + load_balance_coef * aux["load_balance"] + z_loss_coef * aux["z_loss"]
+with r = exp(logp - sg(logp_old)) and w the stop-gradient correction weight (`correction.CORRECTIONS`).
+The KL and entropy terms cover every valid token (the correction weight only gates the policy-gradient term).
+Inputs on padding are replaced by 0 before any arithmetic, so NaN / inf garbage there changes neither the loss
+nor the gradient, which is exactly 0 at padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from ringjax.losses.aggregation import AGGREGATIONS, masked_mean, sequence_ids
+from ringjax.losses.config import LossConfig
+from ringjax.losses.correction import CORRECTIONS, in_band, train_inference_ratio
+from ringjax.typing import Array, Bool, Float, Int
+
+
+def ppo_clipped_term(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], advantages: Float[Array, "B S"],
+                     eps_low: float, eps_high: float
+                     ) -> tuple[Float[Array, "B S"], Float[Array, "B S"], Bool[Array, "B S"]]:
+    """min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), the ratio r, and where the clipped branch is the min."""
+    ratio = jnp.exp(logp - jax.lax.stop_gradient(logp_old))  # [B S]
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    return jnp.minimum(unclipped, clipped), ratio, clipped < unclipped
+
+
+def k3(log_ratio: Float[Array, "..."]) -> Float[Array, "..."]:
+    """Schulman's k3 estimator exp(x) - x - 1 of KL(q || p), x = log p - log q for a token sampled from q."""
+    return jnp.exp(log_ratio) - log_ratio - 1.0
+
+
+def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_infer: Float[Array, "B S"],
+                advantages: Float[Array, "B S"], mask: Bool[Array, "B S"] | Float[Array, "B S"], cfg: LossConfig, *,
+                logp_ref: Float[Array, "B S"] | None = None, entropy: Float[Array, "B S"] | None = None,
+                aux: Mapping[str, Float[Array, ""]] | None = None, segment_ids: Int[Array, "B S"] | None = None
+                ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """Scalar loss to minimise and float32 scalar metrics.
+
+    logp: log-probs under the weights being optimised (the only input gradients flow through, with `entropy`).
+    logp_old / logp_infer: trainer pre-update / rollout-engine log-probs of the same tokens (stop-gradient).
+    advantages: per token, e.g. `token_advantages(grpo_advantages(...)[...], mask)`.
+    aux: router statistics {"load_balance", "z_loss"}, needed when their coefficient is > 0.
+    segment_ids: sequence id within each row for packed rows (see `aggregation`); None = one sequence per row.
+    """
+    valid = mask.astype(bool)
+
+    def clean(x):
+        return jnp.where(valid, x.astype(jnp.float32), 0.0)
+
+    logp, adv = clean(logp), clean(advantages)
+    logp_old, logp_infer = jax.lax.stop_gradient(clean(logp_old)), jax.lax.stop_gradient(clean(logp_infer))
+    seq = sequence_ids(valid, segment_ids)
+    aggregate = AGGREGATIONS[cfg.aggregation]
+
+    k = train_inference_ratio(logp_old, logp_infer)  # [B S]
+    weight = CORRECTIONS[cfg.correction](k, valid, seq, cfg)  # [B S]
+    term, ratio, is_clipped = ppo_clipped_term(logp, logp_old, adv, cfg.eps_low, cfg.eps_high)
+    pg_loss = -aggregate(weight * term, valid, seq, cfg)
+    loss = pg_loss
+
+    out_of_band = valid & ~in_band(k, cfg.alpha, cfg.beta)
+    diff = jnp.abs(logp_old - logp_infer)  # 0 on padding
+    metrics = {
+        "pg_loss": pg_loss,
+        "icepop_masked_frac": masked_mean(out_of_band.astype(jnp.float32), valid),
+        "correction_zero_frac": masked_mean((weight == 0).astype(jnp.float32), valid),
+        "logp_diff_mean": masked_mean(diff, valid),
+        "logp_diff_max": jnp.max(diff),
+        "kl_infer_train": masked_mean(k3(logp_old - logp_infer), valid),  # KL(pi_infer || pi_old), sampled from infer
+        "clip_frac": masked_mean(is_clipped.astype(jnp.float32), valid),
+        "ratio_mean": masked_mean(ratio, valid),
+        "logp_mean": masked_mean(logp, valid),
+        "valid_tokens": jnp.sum(valid).astype(jnp.float32),
+    }
+
+    if logp_ref is not None:
+        kl_ref = aggregate(k3(jax.lax.stop_gradient(clean(logp_ref)) - logp), valid, seq, cfg)  # KL(pi || pi_ref)
+        loss = loss + cfg.kl_coef * kl_ref
+        metrics["kl_ref"] = kl_ref
+    elif cfg.kl_coef > 0:
+        raise ValueError(f"loss.kl_coef={cfg.kl_coef} > 0 needs logp_ref")
+
+    if entropy is not None:
+        entropy = clean(entropy)
+        loss = loss - cfg.entropy_coef * aggregate(entropy, valid, seq, cfg)
+        metrics["entropy_mean"] = masked_mean(entropy, valid)
+        metrics["entropy_masked_mean"] = masked_mean(entropy, out_of_band)  # tokens IcePop masks; 0 if none
+    elif cfg.entropy_coef > 0:
+        raise ValueError(f"loss.entropy_coef={cfg.entropy_coef} > 0 needs entropy")
+
+    for name, coef in (("load_balance", cfg.load_balance_coef), ("z_loss", cfg.z_loss_coef)):
+        if aux is not None and name in aux:
+            value = jnp.asarray(aux[name], jnp.float32)
+            loss = loss + coef * value
+            metrics[f"router_{name}"] = value
+        elif coef > 0:
+            raise ValueError(f"loss.{name}_coef={coef} > 0 needs aux[{name!r}]")
+
+    metrics["loss"] = loss
+    return loss, metrics

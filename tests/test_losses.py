@@ -1,0 +1,288 @@
+"""RL objective (SPEC section 2): hand-computed examples, numpy references and hypothesis properties."""
+
+import dataclasses
+import math
+from typing import get_args
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringjax.losses import (ADVANTAGES, AGGREGATIONS, CORRECTIONS, LossConfig, compute_advantages, grpo_advantages,
+                            grpo_advantages_flat, icepop_weight, policy_loss, token_advantages)
+from ringjax.losses.config import Advantage, Aggregation, Correction
+
+TOL = 1e-5  # fp32
+MODES = ["none", "tis", "icepop", "icepop_seq"]
+NAN, INF = float("nan"), float("inf")
+
+
+def test_registries_match_config_choices():
+    assert set(ADVANTAGES) == set(get_args(Advantage))
+    assert set(CORRECTIONS) == set(get_args(Correction))
+    assert set(AGGREGATIONS) == set(get_args(Aggregation))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hand-computed example: 2 sequences (3 and 2 tokens) in a [2, 4] batch, padding filled with garbage.
+#
+#            k = pi_old/pi_infer   r = pi/pi_old   A    term = min(rA, clip(r, 0.8, 1.2) A)
+#   row 0 t0     0.25 (< alpha)        1.0        +1    1.0
+#   row 0 t1     1.0                   1.5        +1    min(1.5, 1.2) = 1.2        (clipped)
+#   row 0 t2     4.0 (> tis cap)       0.5        +1    min(0.5, 0.8) = 0.5
+#   row 1 t0     8.0 (> beta)          0.5        -2    min(-1.0, -1.6) = -1.6     (clipped)
+#   row 1 t1     4.0                   1.1        -2    -2.2
+# weights:  none [1, 1, 1 | 1, 1]   tis(cap 2) [0.25, 1, 2 | 2, 2]   icepop(0.5, 5) [0, 1, 4 | 0, 4]
+#   icepop_seq: geometric mean of k: row 0 (0.25 * 1 * 4)^(1/3) = 1 -> kept, weight 1;
+#                                    row 1 (8 * 4)^(1/2) = 5.657 > 5 -> the whole sequence masked.
+# sum of weight * term: none 1 + 1.2 + 0.5 - 1.6 - 2.2 = -1.1;  tis 0.25 + 1.2 + 1.0 - 3.2 - 4.4 = -5.15;
+#                       icepop 1.2 + 2.0 - 8.8 = -5.6;  icepop_seq 2.7.
+# c3po (phi = 10) loss = -sum / 10.  seq_mean loss = -(row 0 sum / 3 + row 1 sum / 2) / 2.
+# d loss / d logp (c3po) = -w r A / phi where the unclipped branch is the min, 0 where clipped.
+
+K = [[0.25, 1.0, 4.0], [8.0, 4.0]]
+R = [[1.0, 1.5, 0.5], [0.5, 1.1]]
+A = [1.0, -2.0]
+LOGP_OLD = [[-1.0, -0.5, -2.0], [-0.3, -1.5]]
+C3PO_LOSS = {"none": 0.11, "tis": 0.515, "icepop": 0.56, "icepop_seq": -0.27}
+SEQ_MEAN_LOSS = {"none": -(2.7 / 3 - 3.8 / 2) / 2, "tis": -(2.45 / 3 - 7.6 / 2) / 2,
+                 "icepop": -(3.2 / 3 - 8.8 / 2) / 2, "icepop_seq": -(2.7 / 3 + 0.0) / 2}
+C3PO_GRAD = {"none": [[-0.1, 0, -0.05, 0], [0, 0.22, 0, 0]], "tis": [[-0.025, 0, -0.1, 0], [0, 0.44, 0, 0]],
+             "icepop": [[0, 0, -0.2, 0], [0, 0.88, 0, 0]], "icepop_seq": [[-0.1, 0, -0.05, 0], [0, 0, 0, 0]]}
+ZERO_WEIGHT_FRAC = {"none": 0.0, "tis": 0.0, "icepop": 0.4, "icepop_seq": 0.4}
+
+
+def _example():
+    """(logp, logp_old, logp_infer, advantages, mask, entropy) of the table above; garbage on padding."""
+    logp, old, infer, adv, ent = (np.full((2, 4), v) for v in (NAN, INF, -INF, NAN, NAN))
+    mask = np.zeros((2, 4), bool)
+    entropies = [[0.5, 1.0, 1.5], [2.0, 3.0]]
+    for b in range(2):
+        n = len(K[b])
+        mask[b, :n] = True
+        old[b, :n] = LOGP_OLD[b]
+        infer[b, :n] = np.asarray(LOGP_OLD[b]) - np.log(K[b])
+        logp[b, :n] = np.asarray(LOGP_OLD[b]) + np.log(R[b])
+        adv[b, :n] = A[b]
+        ent[b, :n] = entropies[b]
+    return tuple(jnp.asarray(x, jnp.float32) for x in (logp, old, infer, adv)) + (jnp.asarray(mask),
+                                                                                   jnp.asarray(ent, jnp.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hand_example_loss_metrics_and_gradient(mode):
+    logp, old, infer, adv, mask, ent = _example()
+    cfg = LossConfig(correction=mode, aggregation="c3po", phi=10.0)
+
+    def f(lp):
+        return policy_loss(lp, old, infer, adv, mask, cfg, entropy=ent)
+
+    (loss, m), grad = jax.value_and_grad(f, has_aux=True)(logp)
+    assert float(loss) == pytest.approx(C3PO_LOSS[mode], abs=TOL)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(C3PO_GRAD[mode]), atol=TOL)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+    seq_loss, _ = policy_loss(logp, old, infer, adv, mask, dataclasses.replace(cfg, aggregation="seq_mean"))
+    assert float(seq_loss) == pytest.approx(SEQ_MEAN_LOSS[mode], abs=TOL)
+
+    log_k = [math.log(k) for row in K for k in row]
+    expected = {
+        "icepop_masked_frac": 0.4,  # k = 0.25 and k = 8 are out of [0.5, 5], whatever the mode
+        "correction_zero_frac": ZERO_WEIGHT_FRAC[mode],
+        "logp_diff_mean": sum(abs(x) for x in log_k) / 5,
+        "logp_diff_max": math.log(8.0),
+        "kl_infer_train": sum(math.exp(x) - x - 1 for x in log_k) / 5,
+        "clip_frac": 0.4,
+        "ratio_mean": (1.0 + 1.5 + 0.5 + 0.5 + 1.1) / 5,
+        "logp_mean": sum(o + math.log(r) for lo, lr in zip(LOGP_OLD, R) for o, r in zip(lo, lr)) / 5,
+        "entropy_mean": (0.5 + 1.0 + 1.5 + 2.0 + 3.0) / 5,
+        "entropy_masked_mean": (0.5 + 2.0) / 2,
+        "valid_tokens": 5.0,
+    }
+    for name, value in expected.items():
+        assert float(m[name]) == pytest.approx(value, abs=TOL), name
+
+
+def test_hand_example_regularisers_and_gradient():
+    """token_mean with KL to a reference, entropy bonus and router terms, correction none.
+
+    ref = logp + log 2 on every valid token: k3 = 2 - log 2 - 1 and d k3 / d logp = 1 - exp(ref - logp) = -1.
+    loss = pg + 0.1 * (1 - log 2) - 0.01 * 1.6 + 0.5 * 3.0 + 0.25 * 4.0, pg = 1.1 / 5.
+    d loss / d logp = -r A / 5 where unclipped, + 0.1 * (-1) / 5 on every valid token.
+    """
+    logp, old, infer, adv, mask, ent = _example()
+    ref = jnp.where(mask, logp + math.log(2.0), NAN)
+    cfg = LossConfig(correction="none", aggregation="token_mean", kl_coef=0.1, entropy_coef=0.01,
+                     load_balance_coef=0.5, z_loss_coef=0.25)
+    aux = {"load_balance": jnp.float32(3.0), "z_loss": jnp.float32(4.0)}
+
+    def f(lp):
+        return policy_loss(lp, old, infer, adv, mask, cfg, logp_ref=ref, entropy=ent, aux=aux)
+
+    (loss, m), grad = jax.value_and_grad(f, has_aux=True)(logp)
+    assert float(loss) == pytest.approx(0.22 + 0.1 * (1 - math.log(2)) - 0.016 + 1.5 + 1.0, abs=TOL)
+    assert float(m["kl_ref"]) == pytest.approx(1 - math.log(2), abs=TOL)
+    pg = np.array([[-1.0, 0, -0.5, 0], [0, 2.2, 0, 0]]) / 5
+    np.testing.assert_allclose(np.asarray(grad), pg - 0.02 * np.asarray(mask), atol=TOL)
+
+
+def test_missing_optional_inputs_raise():
+    logp, old, infer, adv, mask, _ = _example()
+    for kwargs, field in (({"kl_coef": 1e-3}, "kl_coef"), ({"entropy_coef": 1e-3}, "entropy_coef"),
+                          ({"load_balance_coef": 1e-5}, "load_balance_coef"), ({"z_loss_coef": 1e-7}, "z_loss_coef")):
+        with pytest.raises(ValueError, match=field):
+            policy_loss(logp, old, infer, adv, mask, LossConfig(**kwargs))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# properties
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_icepop_weight_keeps_exactly_the_band(data):
+    f32 = st.floats(2.0**-13, 2.0**13, width=32)
+    alpha = data.draw(f32)
+    beta = data.draw(st.floats(alpha, 2.0**13, width=32))
+    k = np.asarray(data.draw(st.lists(st.one_of(f32, st.sampled_from([alpha, beta])), min_size=1, max_size=32)),
+                   np.float32)
+    keep = np.array([alpha <= x <= beta for x in k.tolist()])
+    expected = np.where(keep, k, np.float32(0))
+    np.testing.assert_array_equal(np.asarray(icepop_weight(jnp.asarray(k), alpha, beta)), expected)
+    cfg = LossConfig(alpha=alpha, beta=beta)
+    via_registry = CORRECTIONS["icepop"](jnp.asarray(k)[None], jnp.ones((1, k.size), bool), None, cfg)
+    np.testing.assert_array_equal(np.asarray(via_registry)[0], expected)
+
+
+B, S = 3, 5
+_logps = st.lists(st.floats(-8.0, 0.0, width=32), min_size=B * S, max_size=B * S)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_logps, _logps, _logps, st.lists(st.booleans(), min_size=B * S, max_size=B * S),
+       st.sampled_from(MODES), st.sampled_from(["c3po", "seq_mean", "token_mean"]), st.floats(0.0, 1.0))
+def test_zero_advantage_gives_zero_policy_gradient(logp, old, infer, mask, mode, aggregation, entropy_coef):
+    arrays = [jnp.asarray(x, jnp.float32).reshape(B, S) for x in (logp, old, infer)]
+    mask = jnp.asarray(mask).reshape(B, S)
+    cfg = LossConfig(correction=mode, aggregation=aggregation, phi=7.0, entropy_coef=entropy_coef)
+    entropy = jnp.ones((B, S))
+
+    def f(lp):
+        return policy_loss(lp, arrays[1], arrays[2], jnp.zeros((B, S)), mask, cfg, entropy=entropy)[0]
+
+    grad = np.asarray(jax.grad(f)(arrays[0]))
+    assert np.all(grad == 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# packed vs unpacked
+
+def _random_sequences(rng, n, max_len):
+    """n sequences of random length: (logp, logp_old, logp_infer, advantage) per token."""
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(1, max_len + 1))
+        old = rng.uniform(-4, -0.1, length)
+        out.append((old + rng.normal(0, 0.3, length), old, old + rng.normal(0, 0.8, length),
+                    np.full(length, rng.normal())))
+    return out
+
+
+def _layout(seqs, rows_of, width):
+    """Place sequence i in row rows_of[i] (several per row -> packed with segment ids); garbage on padding."""
+    n_rows = max(rows_of) + 1
+    arrays = [np.full((n_rows, width), NAN) for _ in range(4)]
+    mask, seg, fill = np.zeros((n_rows, width), bool), np.zeros((n_rows, width), np.int32), [0] * n_rows
+    for i, (seq, row) in enumerate(zip(seqs, rows_of)):
+        start, length = fill[row], len(seq[0])
+        for a, x in zip(arrays, seq):
+            a[row, start:start + length] = x
+        mask[row, start:start + length] = True
+        seg[row, start:start + length] = i
+        fill[row] += length
+    return [jnp.asarray(a, jnp.float32) for a in arrays] + [jnp.asarray(mask), jnp.asarray(seg)]
+
+
+def _loss(layout, cfg, packed):
+    logp, old, infer, adv, mask, seg = layout
+    return float(policy_loss(logp, old, infer, adv, mask, cfg, segment_ids=seg if packed else None)[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_equals_unpacked(mode):
+    rng = np.random.default_rng(0)
+    seqs = _random_sequences(rng, 6, 7)
+    cfg = LossConfig(correction=mode, alpha=0.7, beta=1.5, phi=50.0)
+    one_per_row = _layout(seqs, list(range(6)), 9)
+    packed = _layout(seqs, [0, 0, 1, 1, 1, 2], 22)  # 2, 3 and 1 sequences per row
+    first, second = _layout(seqs[:2], [0, 1], 7), _layout(seqs[2:], [0, 1, 2, 3], 12)
+    for aggregation in ("c3po", "seq_mean", "token_mean"):
+        c = dataclasses.replace(cfg, aggregation=aggregation)
+        assert _loss(packed, c, True) == pytest.approx(_loss(one_per_row, c, False), abs=TOL)
+    c3po = dataclasses.replace(cfg, aggregation="c3po")
+    assert _loss(one_per_row, c3po, False) == pytest.approx(_loss(first, c3po, False) + _loss(second, c3po, False),
+                                                            abs=TOL)
+    seq = dataclasses.replace(cfg, aggregation="seq_mean")
+    combined = (2 * _loss(first, seq, False) + 4 * _loss(second, seq, False)) / 6
+    assert _loss(one_per_row, seq, False) == pytest.approx(combined, abs=TOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# advantages, C3PO budget, config
+
+def test_grpo_advantages_match_numpy():
+    rng = np.random.default_rng(1)
+    rewards = rng.normal(size=(5, 8)).astype(np.float32)
+    r = rewards.astype(np.float64)
+    centred = r - r.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(grpo_advantages(jnp.asarray(rewards)), centred / (r.std(axis=1, keepdims=True) + 1e-6),
+                               atol=TOL)
+    np.testing.assert_allclose(grpo_advantages(jnp.asarray(rewards), scale_by_std=False), centred, atol=TOL)
+    np.testing.assert_allclose(compute_advantages(jnp.asarray(rewards), LossConfig(advantage="grpo_no_std")),
+                               centred, atol=TOL)
+    order = rng.permutation(40)  # flat layout, groups interleaved
+    flat = grpo_advantages_flat(jnp.asarray(rewards.ravel()[order]), jnp.asarray(np.repeat(np.arange(5), 8)[order]),
+                                5)
+    np.testing.assert_allclose(flat, (centred / (r.std(axis=1, keepdims=True) + 1e-6)).ravel()[order], atol=TOL)
+
+
+def test_identical_rewards_give_zero_advantage():
+    rewards = jnp.asarray([[0.1] * 7, [0.7] * 7, [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]], jnp.float32)
+    for scale in (True, False):
+        adv = np.asarray(grpo_advantages(rewards, scale_by_std=scale))
+        assert np.all(adv[:2] == 0.0) and np.all(np.isfinite(adv)) and np.all(adv[2] != 0.0)
+        flat = np.asarray(grpo_advantages_flat(rewards.ravel(), jnp.repeat(jnp.arange(3), 7), 3, scale_by_std=scale))
+        assert np.all(flat[:14] == 0.0) and np.all(np.isfinite(flat))
+    assert np.all(np.asarray(grpo_advantages(jnp.asarray([[1.0], [0.0]]))) == 0.0)  # group of one
+    np.testing.assert_array_equal(token_advantages(jnp.asarray([2.0, -1.0]), jnp.asarray([[1, 1, 0], [1, 0, 0]])),
+                                  [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("n_valid", [1, 5, 12])
+def test_c3po_divides_by_phi_not_token_count(n_valid):
+    """r = k = 1 and A = 1, so every valid token's term is 1 and the loss is -n_valid / phi."""
+    mask = jnp.arange(16).reshape(2, 8) < n_valid
+    zeros, ones = jnp.zeros((2, 8)), jnp.ones((2, 8))
+    for phi in (4.0, 409_600.0):
+        loss, _ = policy_loss(zeros, zeros, zeros, ones, mask, LossConfig(aggregation="c3po", phi=phi))
+        assert float(loss) == pytest.approx(-n_valid / phi, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"alpha": 6.0, "beta": 5.0}, "alpha"), ({"alpha": 0.0}, "alpha"), ({"alpha": -1.0}, "alpha"),
+    ({"kl_coef": -1e-3}, "kl_coef"), ({"entropy_coef": -1.0}, "entropy_coef"),
+    ({"load_balance_coef": -1.0}, "load_balance_coef"), ({"z_loss_coef": -1.0}, "z_loss_coef"),
+    ({"correction": "clip"}, "correction"), ({"aggregation": "mean"}, "aggregation"),
+    ({"advantage": "rloo"}, "advantage"), ({"phi": 0}, "phi"), ({"phi": -5.0}, "phi"),
+    ({"eps_low": 1.0}, "eps_low"), ({"eps_high": -0.1}, "eps_high"), ({"tis_cap": 0.0}, "tis_cap"),
+    ({"adv_eps": float("nan")}, "adv_eps"),
+])
+def test_bad_config_raises_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LossConfig(**kwargs)
+
+
+def test_phi_is_only_checked_for_c3po():
+    LossConfig(aggregation="seq_mean", phi=0)
