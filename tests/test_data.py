@@ -36,7 +36,7 @@ def _jsonl(path, lines):
 
 
 def _parquet(path, rows):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a core dependency: a missing pyarrow must fail here, not skip
     import pyarrow.parquet as pq
 
     keys = dict.fromkeys(k for row in rows for k in row)  # from_pylist would take the columns of row 0 only
