@@ -39,7 +39,8 @@ def k3(log_ratio: Float[Array, "..."]) -> Float[Array, "..."]:
 def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_infer: Float[Array, "B S"],
                 advantages: Float[Array, "B S"], mask: Bool[Array, "B S"] | Float[Array, "B S"], cfg: LossConfig, *,
                 logp_ref: Float[Array, "B S"] | None = None, entropy: Float[Array, "B S"] | None = None,
-                aux: Mapping[str, Float[Array, ""]] | None = None, segment_ids: Int[Array, "B S"] | None = None
+                aux: Mapping[str, Float[Array, ""]] | None = None, segment_ids: Int[Array, "B S"] | None = None,
+                token_weights: Float[Array, "B S"] | None = None
                 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
     """Scalar loss to minimise and float32 scalar metrics.
 
@@ -48,6 +49,9 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
     advantages: per token, e.g. `token_advantages(grpo_advantages(...)[...], mask)`.
     aux: router statistics {"load_balance", "z_loss"}, needed when their coefficient is > 0.
     segment_ids: sequence id within each row for packed rows (see `aggregation`); None = one sequence per row.
+    token_weights: when given, every token term is aggregated as sum(weight * term) instead of by
+      `cfg.aggregation`: the trainer precomputes the weights of the WHOLE step (`aggregation_weights`) so that
+      micro-batch losses add up exactly to the step's loss whatever the aggregation.
     """
     valid = mask.astype(bool)
 
@@ -58,6 +62,11 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
     logp_old, logp_infer = jax.lax.stop_gradient(clean(logp_old)), jax.lax.stop_gradient(clean(logp_infer))
     seq = sequence_ids(valid, segment_ids)
     aggregate = AGGREGATIONS[cfg.aggregation]
+    if token_weights is not None:
+        weights = clean(token_weights)
+
+        def aggregate(x, valid, seq, cfg):
+            return jnp.sum(jnp.where(valid, x * weights, 0.0))
 
     k = train_inference_ratio(logp_old, logp_infer)  # [B S]
     weight = CORRECTIONS[cfg.correction](k, valid, seq, cfg)  # [B S]

@@ -1,0 +1,106 @@
+"""RL train-step throughput (loss + grad + AdamW, one update per step), the ringjax side of BENCHMARKS.md.
+
+    python3 benchmarks/train_bench.py [--presets bench-tiny,bench-100m] [--seqs 16] [--seq-len 256]
+        [--rows 4] [--dtype float32|bfloat16] [--runs 3] [--peak-tflops X] [--out FILE]
+
+Each step: `--seqs` random sequences of `--seq-len` tokens (a 32-token prompt, the rest response: all response
+tokens are trained on, phi = seqs * (seq_len - 32)), packed into micro-batches of `--rows` rows, then the jitted
+`make_train_step` (logp_old recomputation, IcePop-corrected C3PO loss, float32 gradient accumulation, AdamW).
+`tokens_per_s` counts every token of every sequence (what the peers report). `mfu` = 6 * active parameters *
+tokens / step time / peak FLOP/s, with the forward of logp_old added (8 * active * tokens in all); printed when
+`--peak-tflops` is given or the device is a known GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from ringjax.losses import LossConfig
+from ringjax.model import count_params, create_model, preset
+from ringjax.trainer import Response, assemble_step, pack_micro_batches
+from ringjax.trainer.batch import stack_micro_batches
+from ringjax.trainer.optim import OptimConfig, make_optimizer
+from ringjax.trainer.state import init_train_state
+from ringjax.trainer.step import device_batch, make_train_step, rl_loss_fn
+
+PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}  # dense bf16
+PROMPT = 32
+
+
+def make_batch(vocab: int, seqs: int, seq_len: int, rows: int, loss: LossConfig, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n = seq_len - PROMPT
+    responses = [Response(prompt_id=i, prompt=rng.integers(1, vocab, PROMPT), tokens=rng.integers(1, vocab, n),
+                          logp_infer=-np.log(vocab) + 0.05 * rng.normal(size=n), reward=float(i % 2),
+                          advantage=float(rng.normal())) for i in range(seqs)]
+    step, _ = assemble_step(responses, seqs * n)
+    return stack_micro_batches(pack_micro_batches(step, rows, seq_len, packed=False), loss)
+
+
+def bench(name: str, args) -> dict:
+    cfg = preset(name, **{"compute.dtype": args.dtype, "compute.param_dtype": "float32"})
+    phi = args.seqs * (args.seq_len - PROMPT)
+    loss = LossConfig(phi=phi)
+    tx = make_optimizer(OptimConfig(lr=1e-5))
+    model = create_model(cfg, seed=0)
+    graphdef, state = init_train_state(model, tx, 0)
+    step = make_train_step(graphdef, tx, rl_loss_fn(loss))
+    batch = device_batch(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
+    t0 = time.perf_counter()
+    state, sums = step(state, batch)
+    jax.block_until_ready(sums)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        state, sums = step(state, batch)
+        jax.block_until_ready(sums)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    tokens = args.seqs * args.seq_len
+    active = count_params(cfg).active
+    row = {"preset": name, "params_active": active, "seqs": args.seqs, "seq_len": args.seq_len, "rows": args.rows,
+           "micro_batches": int(batch["tokens"].shape[0]), "step_s": round(t, 4), "tokens_per_s": round(tokens / t, 1),
+           "runs_s": [round(x, 4) for x in times], "compile_s": round(first - t, 2),
+           "skipped": int(state.skipped)}
+    peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+    if peak:
+        row["mfu"] = round(8 * active * tokens / t / (peak * 1e12), 4)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", default="bench-tiny,bench-100m")
+    ap.add_argument("--seqs", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    env = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+           "dtype": args.dtype}
+    print(json.dumps({"env": env}), flush=True)
+    results = []
+    for name in args.presets.split(","):
+        results.append(bench(name, args))
+        print(json.dumps(results[-1]), flush=True)
+    summary = {"env": env, "results": results,
+               "tokens_per_s": {r["preset"]: r["tokens_per_s"] for r in results}}
+    print(json.dumps({"summary": summary}), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

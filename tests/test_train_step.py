@@ -1,0 +1,188 @@
+"""The train step: micro-batch invariance (exactly one phi-token update however it is split), sharded ==
+unsharded, frozen router bias and MTP, skip on non-finite values, zero advantage -> no change, optimiser config."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ringjax
+from ringjax.losses import LossConfig
+from ringjax.trainer import Response, assemble_step, pack_micro_batches
+from ringjax.trainer.batch import stack_micro_batches
+from ringjax.trainer.optim import OptimConfig, learning_rate, make_optimizer
+from ringjax.trainer.state import abstract_train_state, init_train_state, split_model
+from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn, sequence_logprobs
+
+PHI = 64
+LR = 1e-3
+# Adam's first update is ~lr * sign(grad): gradients equal to ~1e-6 relative can still flip the few elements
+# whose gradient is ~0, so parameters are compared at 1% of one update; loss and grad norm at 1e-5.
+PARAM_TOL = 1e-2 * LR
+LOSS = LossConfig(phi=PHI)
+OPTIM = OptimConfig(lr=LR)
+
+
+def _responses(seed=0, n=12, advantage=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        m = int(rng.integers(3, 12))
+        adv = float(rng.normal()) if advantage is None else advantage
+        out.append(Response(prompt_id=i, prompt=rng.integers(1, 500, 5), tokens=rng.integers(1, 500, m),
+                            logp_infer=-6.2 + 0.3 * rng.normal(size=m), reward=0.0, advantage=adv))
+    return out
+
+
+def _batch(responses, rows, loss=LOSS, packed=True):
+    step, _ = assemble_step(responses, PHI)
+    return stack_micro_batches(pack_micro_batches(step, rows, 24, packed=packed), loss)
+
+
+def _run(batch, mesh=None, loss=LOSS, optim=OPTIM, steps=1, cfg=None):
+    cfg = cfg or ringjax.preset("tiny-v2")
+    tx = make_optimizer(optim)
+    model = ringjax.create_model(cfg, mesh, seed=0)
+    graphdef, state = init_train_state(model, tx, 0, mesh)
+    abstract = abstract_train_state(cfg, tx, mesh)[1] if mesh is not None else None
+    fn = make_train_step(graphdef, tx, rl_loss_fn(loss), state_shardings=abstract)
+    all_sums = []
+    for _ in range(steps):
+        if mesh is not None:
+            with jax.set_mesh(mesh):
+                state, sums = fn(state, device_batch(batch, mesh))
+        else:
+            state, sums = fn(state, device_batch(batch))
+        all_sums.append(finalize_metrics(jax.device_get(sums)))
+    return state, all_sums
+
+
+def _max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _run(_batch(_responses(), rows=8), steps=2)
+
+
+@pytest.mark.parametrize("rows, packed", [(2, True), (4, False)])
+def test_micro_batch_split_does_not_change_the_update(reference, rows, packed):
+    batch = _batch(_responses(), rows=rows, packed=packed)
+    assert batch["tokens"].shape[0] > 1 and int(batch["loss_mask"].sum()) == PHI
+    state, sums = _run(batch, steps=2)
+    want_state, want_sums = reference
+    for got, want in zip(sums, want_sums):
+        assert got["tokens"] == want["tokens"] == PHI
+        np.testing.assert_allclose([got["loss"], got["grad_norm"]], [want["loss"], want["grad_norm"]], rtol=1e-5)
+    assert _max_diff(state.params, want_state.params) < PARAM_TOL
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])
+def test_micro_batch_split_other_aggregations(aggregation):
+    loss = LossConfig(phi=PHI, aggregation=aggregation)
+    one = _run(_batch(_responses(), rows=8, loss=loss), loss=loss)
+    many = _run(_batch(_responses(), rows=2, loss=loss), loss=loss)
+    np.testing.assert_allclose([many[1][0]["loss"], many[1][0]["grad_norm"]],
+                               [one[1][0]["loss"], one[1][0]["grad_norm"]], rtol=1e-5)
+    assert _max_diff(many[0].params, one[0].params) < PARAM_TOL
+
+
+def test_sharded_step_equals_unsharded(reference):
+    mesh = ringjax.make_mesh(fsdp=2, expert=4)
+    state, sums = _run(_batch(_responses(), rows=8), mesh=mesh, steps=2)
+    want_state, want_sums = reference
+    np.testing.assert_allclose([s["loss"] for s in sums], [s["loss"] for s in want_sums], rtol=1e-5)
+    assert _max_diff(state.params, want_state.params) < PARAM_TOL
+    wg = state.params["moe_layers"]["wg"][...]
+    assert not wg.sharding.is_fully_replicated  # params stay sharded through the donated step
+
+
+def test_first_step_metrics_and_state(reference):
+    state, sums = reference
+    m = sums[0]
+    # one update per step: logp_old is recomputed under the same weights, so every ratio is exactly 1
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and m["clip_frac"] == 0.0
+    assert m["update_skipped"] == 0.0 and int(state.step) == 2 and int(state.skipped) == 0
+    assert 0 < m["logp_diff_mean"] <= m["logp_diff_max"]
+    assert 0 <= m["icepop_masked_frac"] < 1 and m["entropy_mean"] > 0
+
+
+def test_logp_old_is_the_chunked_forward():
+    """The step's logp_old path equals the model's own token_logprobs on each packed row."""
+    model = ringjax.create_model(ringjax.preset("tiny-v2"), seed=0)
+    batch = _batch(_responses(), rows=4)
+    mb = {k: jnp.asarray(v[0]) for k, v in batch.items()}
+    got, _, _ = sequence_logprobs(model, mb)
+    want, _ = model.token_logprobs(mb["tokens"], mb["positions"], mb["segment_ids"])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+def test_frozen_bias_and_mtp_never_change(reference):
+    state, _ = reference
+    _, _, frozen0 = split_model(ringjax.create_model(ringjax.preset("tiny-v2"), seed=0))
+    names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.frozen)}
+    assert any("expert_bias" in n for n in names) and any("mtp" in n for n in names)
+    assert not any("expert_bias" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        state.params))
+    assert _max_diff(state.frozen, frozen0) == 0.0
+    assert _max_diff(state.params, split_model(ringjax.create_model(ringjax.preset("tiny-v2"), seed=0))[1]) > LR / 2
+
+
+def test_zero_advantage_changes_nothing():
+    batch = _batch(_responses(advantage=0.0), rows=4)
+    state, sums = _run(batch, optim=OptimConfig(lr=LR, weight_decay=0.0))
+    _, params0, _ = split_model(ringjax.create_model(ringjax.preset("tiny-v2"), seed=0))
+    assert sums[0]["grad_norm"] == 0.0
+    assert _max_diff(state.params, params0) == 0.0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_step_is_skipped_and_counted(value):
+    batch = _batch(_responses(), rows=4)
+    b, r, j = np.argwhere(batch["loss_mask"])[0]
+    batch["advantages"][b, r, j] = value
+    state, sums = _run(batch)
+    _, params0, _ = split_model(ringjax.create_model(ringjax.preset("tiny-v2"), seed=0))
+    assert sums[0]["update_skipped"] == 1.0 and int(state.skipped) == 1 and int(state.step) == 1
+    assert _max_diff(state.params, params0) == 0.0
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.opt_state) if x.dtype == jnp.float32)
+    counts = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")
+    assert counts and all(int(c) == 0 for _, c in counts)  # the optimiser did not advance either
+
+
+def test_icepop_masks_a_token_the_engine_scored_minus_inf():
+    """k = inf lies outside [alpha, beta]: IcePop gives the token weight 0, the update goes on and stays finite."""
+    batch = _batch(_responses(), rows=4)
+    b, r, j = np.argwhere(batch["loss_mask"])[0]
+    batch["logp_infer"][b, r, j] = -np.inf
+    state, sums = _run(batch)
+    m = sums[0]
+    assert m["update_skipped"] == 0.0 and m["icepop_masked_frac"] >= 1 / PHI and m["logp_diff_max"] == np.inf
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_optimizer_config():
+    with pytest.raises(ValueError, match="optim.lr=-1"):
+        OptimConfig(lr=-1)
+    with pytest.raises(ValueError, match="total_steps"):
+        OptimConfig(schedule="cosine", warmup_steps=10)
+    sched = learning_rate(OptimConfig(lr=1.0, warmup_steps=10, schedule="cosine", total_steps=110, min_lr_ratio=0.1))
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 5, 10, 60, 110)], [0, 0.5, 1.0, 0.55, 0.1], atol=1e-6)
+
+
+def test_weight_decay_skips_norms():
+    tx = make_optimizer(OptimConfig(lr=0.1, weight_decay=0.5, grad_clip=0.0))
+    params = {"attn_norm": jnp.ones((2, 4)), "wq": jnp.ones((2, 4))}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    assert float(jnp.abs(updates["attn_norm"]).max()) == 0.0
+    np.testing.assert_allclose(np.asarray(updates["wq"]), -0.1 * 0.5, rtol=1e-6)
+
+
+def test_bad_batch_shapes():
+    step, _ = assemble_step(_responses(), PHI)
+    mbs = pack_micro_batches(step, 4, 24) + pack_micro_batches(step, 2, 24)[:1]
+    with pytest.raises(ValueError, match="different shapes"):
+        stack_micro_batches(mbs, LossConfig(phi=PHI))
