@@ -47,6 +47,15 @@ def _info(args) -> None:
     print(json.dumps(out, indent=2, default=str))
 
 
+def _pick_checkpoint(args) -> None:
+    import os
+
+    from ringjax.trainer.sft import pick_checkpoint
+
+    step, entropy = pick_checkpoint(args.run_dir, tuple(args.band))
+    print(json.dumps({"step": step, "entropy": entropy, "path": os.path.join(args.run_dir, "checkpoints", str(step))}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringjax", description="RL for Ling / Ring MoE reasoning models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="architecture and parameter counts of an HF folder or preset:NAME")
     p.add_argument("model")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("pick-checkpoint", help="the latest SFT checkpoint whose eval token entropy lies in a band")
+    p.add_argument("run_dir", help="an SFT run folder (holding checkpoints/ and logs/eval/)")
+    p.add_argument("--band", nargs=2, type=float, metavar=("LO", "HI"), default=[0.3, 0.5],
+                   help="entropy band, inclusive (default: Ring-lite's 0.3 0.5)")
+    p.set_defaults(func=_pick_checkpoint)
     return parser
 
 

@@ -27,6 +27,7 @@ from ringjax.data import PromptRecord, build_prompt_batches, iterator_state, res
 from ringjax.data.tokenize import ByteTokenizer
 from ringjax.losses import LossConfig
 from ringjax.model import Ling
+from ringjax.sharding import BATCH_AXES
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import assemble_step, pack_micro_batches, response_tokens
 from ringjax.trainer.checkpoint import Checkpointer
@@ -90,6 +91,13 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     `encode` turns a prompt into token ids (default: `ByteTokenizer`); `on_step(step, metrics)` runs after each
     step (and its checkpoint save)."""
     encode = encode or ByteTokenizer().encode
+    if mesh is not None:
+        split = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+        for name, rows in (("rows", cfg.rows), ("prompts_per_batch * samples_per_prompt",
+                                                cfg.prompts_per_batch * cfg.samples_per_prompt)):
+            if rows % split:
+                raise ValueError(f"rl.{name}={rows} is not divisible by the mesh batch axes {BATCH_AXES} "
+                                 f"(size {split})")
     tx = make_optimizer(cfg.optim)
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
