@@ -1,5 +1,6 @@
 """The RL loop end to end on a tiny model: exact-phi steps, metrics files, kill-and-resume, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -8,16 +9,17 @@ import numpy as np
 import pytest
 
 import ringjax
+from ringjax.config_io import load_config
 from ringjax.data import PromptRecord
 from ringjax.losses import LossConfig
 from ringjax.trainer.metrics import read_metrics
-from ringjax.trainer.optim import OptimConfig
 from ringjax.trainer.rl import RLConfig, train_rl
 
-PHI = 80  # 2 prompts x 4 samples x 12 tokens = 96 per rollout batch: every step leaves a cut tail in the pool
-CFG = RLConfig(steps=5, phi=PHI, prompts_per_batch=2, samples_per_prompt=4, max_prompt_len=16, max_new_tokens=12,
-               rows=4, seq_len=32, checkpoint_every=2, keep_checkpoints=2, loss=LossConfig(phi=PHI),
-               optim=OptimConfig(lr=1e-3))
+# configs/tiny_rl.yaml: phi 80, 2 prompts x 4 samples x 12 tokens = 96 per rollout batch, so every step leaves a
+# cut tail in the pool; checkpoints every 2 steps, keep 2
+CFG = load_config(RLConfig, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                         "tiny_rl.yaml"), ["steps=5"])
+PHI = CFG.phi
 RECORDS = [PromptRecord(id=f"p{i}", prompt=f"What is {i} + {i}?", domain="math", answer=str(2 * i))
            for i in range(10)]  # 5 batches of 2 per epoch: the runs cross an epoch boundary
 
@@ -90,7 +92,7 @@ def test_resume_refuses_another_model(uninterrupted, tmp_path):
 
 
 def test_drop_leftover_counts_what_it_drops():
-    cfg = RLConfig(**{**CFG.__dict__, "steps": 2, "checkpoint_every": 0, "leftover": "drop"})
+    cfg = dataclasses.replace(CFG, steps=2, checkpoint_every=0, leftover="drop")
     result = train_rl(_model(), RECORDS, even_tokens, cfg)
     assert all(h["dropped_tokens"] == 96 - PHI and h["pool_tokens"] == 0 for h in result.history)
 
@@ -104,10 +106,20 @@ def test_drop_leftover_counts_what_it_drops():
 ])
 def test_bad_config_names_the_value(change, culprit):
     with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
-        RLConfig(**{**CFG.__dict__, **change})
+        dataclasses.replace(CFG, **change)
 
 
 def test_checkpoint_extras_are_json(uninterrupted):
     _, run_dir = uninterrupted
     data = json.load(open(os.path.join(run_dir, "checkpoints", "4", "data", "metadata")))
     assert isinstance(data, dict) and data
+
+
+def test_kl_to_the_starting_policy_and_entropy_bonus():
+    """Ring-lite's optional terms: KL(pi || pi_ref) to the starting model is 0 at the first step (same weights)
+    and grows once the policy moves."""
+    loss = dataclasses.replace(CFG.loss, kl_coef=1e-3, entropy_coef=5e-4)
+    cfg = dataclasses.replace(CFG, steps=2, checkpoint_every=0, loss=loss)
+    result = train_rl(_model(), RECORDS, even_tokens, cfg)
+    kl = [h["kl_ref"] for h in result.history]
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[1] > 1e-6

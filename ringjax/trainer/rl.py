@@ -35,8 +35,8 @@ from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.rollout import RewardFn, decode_pool, encode_pool, encode_prompts, rollout
 from ringjax.trainer.state import (TrainState, abstract_train_state, flatten_state, init_train_state, merge_model,
-                                   unflatten_state)
-from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn
+                                   split_model, unflatten_state)
+from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class RLConfig:
     rows: int = 8  # micro-batch rows
     seq_len: int = 64  # micro-batch row length
     leftover: Literal["keep", "drop"] = "keep"
+    domain_weights: dict[str, float] | None = None  # e.g. stage 1 {"math": 1}, stage 2 {"code": 1, "science": 1}
     seed: int = 0
     checkpoint_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 3
@@ -103,7 +104,10 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     _, abstract = abstract_train_state(model.config, tx, mesh)
     step_fn = make_train_step(graphdef, tx, rl_loss_fn(cfg.loss, cfg.temperature), temperature=cfg.temperature,
                               state_shardings=abstract if mesh is not None else None)
-    batches = build_prompt_batches(records, cfg.prompts_per_batch, cfg.seed)
+    # the reference policy of the KL term: the starting model, whose arrays the train state does not share
+    _, ref_params, ref_frozen = split_model(model)
+    score = make_score_fn(graphdef, cfg.temperature) if cfg.loss.kl_coef > 0 else None
+    batches = build_prompt_batches(records, cfg.prompts_per_batch, cfg.seed, weights=cfg.domain_weights)
     it, pool, rollouts = iter(batches), [], 0
     meta = {f"model.{k}": v for k, v in model.config.to_dict().items() if k != "compute"}
     ckpt = None
@@ -143,7 +147,10 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             pool = leftover if cfg.leftover == "keep" else []
             batch = stack_micro_batches(pack_micro_batches(taken, cfg.rows, cfg.seq_len), cfg.loss)
             with _mesh(mesh):
-                state, sums = step_fn(state, device_batch(batch, mesh))
+                batch = device_batch(batch, mesh)
+                if score is not None:
+                    batch["logp_ref"] = score(ref_params, ref_frozen, batch)
+                state, sums = step_fn(state, batch)
             metrics = finalize_metrics(jax.device_get(sums))
             elapsed = time.perf_counter() - t0
             metrics.update(

@@ -49,8 +49,8 @@ def rl_loss_fn(cfg: LossConfig, temperature: float = 1.0) -> LossFn:
         logp, entropy, aux = sequence_logprobs(model, mb, temperature)
         aux = {k: v / n_micro for k, v in aux.items()}  # the step's router terms: mean over micro-batches
         loss, m = policy_loss(logp, logp_old, mb["logp_infer"], mb["advantages"], mb["loss_mask"], cfg,
-                              entropy=entropy, aux=aux, segment_ids=mb["segment_ids"][:, 1:],
-                              token_weights=mb["token_weights"])
+                              logp_ref=mb.get("logp_ref"), entropy=entropy, aux=aux,
+                              segment_ids=mb["segment_ids"][:, 1:], token_weights=mb["token_weights"])
         n = m["valid_tokens"]
         masked = m["icepop_masked_frac"] * n
         sums = {"tokens": n, "loss": loss, "pg_loss": m["pg_loss"], "icepop_masked": masked,
@@ -59,9 +59,22 @@ def rl_loss_fn(cfg: LossConfig, temperature: float = 1.0) -> LossFn:
                 "clip_sum": m["clip_frac"] * n, "ratio_sum": m["ratio_mean"] * n, "logp_sum": m["logp_mean"] * n,
                 "entropy_sum": m["entropy_mean"] * n, "entropy_masked_sum": m["entropy_masked_mean"] * masked,
                 "router_load_balance": m["router_load_balance"], "router_z_loss": m["router_z_loss"]}
+        if "kl_ref" in m:
+            sums["kl_ref"] = m["kl_ref"]  # already aggregated with the step's token weights: additive
         return loss, sums
 
     return loss_fn
+
+
+def make_score_fn(graphdef: nnx.GraphDef, temperature: float = 1.0):
+    """Jitted log-probs [N R S-1] of a stacked batch under (params, frozen), e.g. of the reference policy."""
+
+    @jax.jit
+    def score(params: nnx.State, frozen: nnx.State, batch: Batch) -> jax.Array:
+        model = merge_model(graphdef, params, frozen)
+        return jax.lax.map(lambda mb: sequence_logprobs(model, mb, temperature)[0], batch)
+
+    return score
 
 
 def finalize_metrics(sums: Mapping[str, float]) -> dict[str, float]:

@@ -1,0 +1,78 @@
+"""Frozen config dataclasses from YAML / dicts, strictly: an unknown or mistyped key fails naming its full path.
+
+    cfg = load_config(RLConfig, "configs/ring_1t_rl.yaml", overrides=["steps=20", "loss.alpha=0.4"])
+
+Nested dataclass fields (e.g. `RLConfig.loss: LossConfig`) are built from nested mappings; every other value is
+passed through and checked by the dataclass's own `__post_init__`. Overrides are `dotted.key=value` strings whose
+value is parsed as YAML (`1e-6`, `true`, `[0.5, 5.0]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    """`cls(**values)` with nested dataclasses built recursively and unknown keys rejected by full name."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"config {prefix or cls.__name__} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise ValueError(f"unknown config key(s) {names}; {cls.__name__} has {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
+            value = from_dict(kind, value, f"{prefix}{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `values` with each `a.b.c=value` set (value parsed as YAML)."""
+    out = _copy(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """`cls` from a YAML file (or defaults when `path` is None) plus dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: top level must be a mapping of config keys")
+    try:
+        return from_dict(cls, apply_overrides(values, overrides))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path or 'config'}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for logs and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def _copy(values: Any) -> Any:
+    return {k: _copy(v) for k, v in values.items()} if isinstance(values, dict) else values
