@@ -157,7 +157,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 reward_mean=float(np.mean([r.reward for r in taken.responses])),
                 response_len_mean=float(np.mean([len(r) + r.offset for r in taken.responses])),
                 stale_tokens_frac=float(np.mean(np.concatenate([r.versions for r in taken.responses]) < step)),
-                pool_tokens=response_tokens(pool),
+                rollout_tokens=new_tokens, pool_tokens=response_tokens(pool),
                 dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
                 prompts_too_long=too_long, rollout_s=t_rollout, step_s=elapsed,
                 tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped))
