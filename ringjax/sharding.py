@@ -9,6 +9,7 @@ every process.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -67,6 +68,26 @@ def make_mesh(data: int = 1, fsdp: int = -1, expert: int = 1, tensor: int = 1,
         raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
     grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
     return Mesh(grid, MESH_AXES)
+
+
+def use_mesh(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)`, or a no-op context when `mesh` is None (single device)."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways activations split their batch (rows) on `mesh`: the product of the BATCH_AXES sizes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_rows(mesh: Mesh | None, rows: dict[str, int]) -> None:
+    """ValueError naming the first `{config name: row count}` that the mesh's batch axes do not divide."""
+    if mesh is None:
+        return
+    ways = batch_shards(mesh)
+    for name, n in rows.items():
+        if n % ways:
+            raise ValueError(f"{name}={n} is not divisible by the mesh batch axes {BATCH_AXES} (size {ways})")
 
 
 def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None) -> PartitionSpec:

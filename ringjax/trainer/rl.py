@@ -13,7 +13,6 @@ parameters as a run that was never interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -27,15 +26,15 @@ from ringjax.data import PromptRecord, build_prompt_batches, iterator_state, res
 from ringjax.data.tokenize import ByteTokenizer
 from ringjax.losses import LossConfig
 from ringjax.model import Ling
-from ringjax.sharding import BATCH_AXES
+from ringjax.sharding import check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import assemble_step, pack_micro_batches, response_tokens
 from ringjax.trainer.checkpoint import Checkpointer
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.rollout import RewardFn, decode_pool, encode_pool, encode_prompts, rollout
-from ringjax.trainer.state import (TrainState, abstract_train_state, flatten_state, init_train_state, merge_model,
-                                   split_model, unflatten_state)
+from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
+                                   merge_model, restore_train_state, split_model)
 from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
 
 
@@ -92,13 +91,8 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     `encode` turns a prompt into token ids (default: `ByteTokenizer`); `on_step(step, metrics)` runs after each
     step (and its checkpoint save)."""
     encode = encode or ByteTokenizer().encode
-    if mesh is not None:
-        split = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-        for name, rows in (("rows", cfg.rows), ("prompts_per_batch * samples_per_prompt",
-                                                cfg.prompts_per_batch * cfg.samples_per_prompt)):
-            if rows % split:
-                raise ValueError(f"rl.{name}={rows} is not divisible by the mesh batch axes {BATCH_AXES} "
-                                 f"(size {split})")
+    check_rows(mesh, {"rl.rows": cfg.rows,
+                      "rl.prompts_per_batch * samples_per_prompt": cfg.prompts_per_batch * cfg.samples_per_prompt})
     tx = make_optimizer(cfg.optim)
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
@@ -109,16 +103,12 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     score = make_score_fn(graphdef, cfg.temperature) if cfg.loss.kl_coef > 0 else None
     batches = build_prompt_batches(records, cfg.prompts_per_batch, cfg.seed, weights=cfg.domain_weights)
     it, pool, rollouts = iter(batches), [], 0
-    meta = {f"model.{k}": v for k, v in model.config.to_dict().items() if k != "compute"}
     ckpt = None
     if run_dir is not None and cfg.checkpoint_every:
         ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint_every,
-                            keep=cfg.keep_checkpoints, meta=meta)
+                            keep=cfg.keep_checkpoints, meta=checkpoint_meta(model.config))
         if ckpt.latest_step() is not None:
-            target = abstract if mesh is not None else jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            flat, extras, _ = ckpt.restore(flatten_state(target))
-            state = unflatten_state(target, flat)
+            state, extras, _ = restore_train_state(ckpt, state)
             it = restore_iterator(batches, extras["data"])
             pool, rollouts = decode_pool(extras["pool"]["responses"]), int(extras["rollout"]["batches"])
     writer = MetricsWriter(os.path.join(run_dir, "logs") if run_dir else "", enabled=run_dir is not None and
@@ -133,7 +123,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 drawn = next(it)
                 kept, ids, skipped = encode_prompts(drawn, encode, cfg.max_prompt_len)
                 too_long += skipped
-                with _mesh(mesh):
+                with use_mesh(mesh):
                     new = rollout(policy, kept, ids, reward_fn, jax.random.fold_in(state.rng, rollouts),
                                   samples=cfg.samples_per_prompt, width=cfg.max_prompt_len,
                                   max_new_tokens=cfg.max_new_tokens, loss=cfg.loss, temperature=cfg.temperature,
@@ -146,7 +136,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
             pool = leftover if cfg.leftover == "keep" else []
             batch = stack_micro_batches(pack_micro_batches(taken, cfg.rows, cfg.seq_len), cfg.loss)
-            with _mesh(mesh):
+            with use_mesh(mesh):
                 batch = device_batch(batch, mesh)
                 if score is not None:
                     batch["logp_ref"] = score(ref_params, ref_frozen, batch)
@@ -176,6 +166,3 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
         writer.close()
     return RLResult(state, history)
 
-
-def _mesh(mesh):
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()

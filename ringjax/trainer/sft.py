@@ -25,7 +25,6 @@ Decisions the reports leave open:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -41,14 +40,14 @@ from flax import nnx
 
 from ringjax.losses import LossConfig
 from ringjax.model import Ling
-from ringjax.sharding import BATCH_AXES
+from ringjax.sharding import check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import Response, StepBatch, pack_micro_batches
 from ringjax.trainer.checkpoint import Checkpointer
 from ringjax.trainer.metrics import MetricsWriter, read_metrics
 from ringjax.trainer.optim import OptimConfig, learning_rate, make_optimizer
-from ringjax.trainer.state import (TrainState, abstract_train_state, flatten_state, init_train_state, merge_model,
-                                   unflatten_state)
+from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
+                                   merge_model, restore_train_state)
 from ringjax.trainer.step import Batch, LossFn, device_batch, finalize_metrics, make_train_step, sequence_logprobs
 
 ENTROPY_BAND = (0.3, 0.5)  # Ring-lite: lower entropy collapses RL earlier, higher converges slowly
@@ -254,10 +253,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
 
     `examples` / `eval_examples`: `SFTExample`s or (prompt_ids, response_ids) pairs. `on_step(step, metrics)`
     runs after each step (and its checkpoint save)."""
-    if mesh is not None:
-        ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
-        if cfg.rows % ways:
-            raise ValueError(f"sft.rows={cfg.rows} is not divisible by the mesh batch axes {BATCH_AXES} (size {ways})")
+    check_rows(mesh, {"sft.rows": cfg.rows})
     train, too_long, empty = as_examples(examples, cfg.seq_len)
     if not train:
         raise ValueError(f"no usable SFT example: {too_long} longer than sft.seq_len={cfg.seq_len}, {empty} empty")
@@ -282,12 +278,11 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     data_id = {"examples": n, "seed": cfg.seed, "batch_size": cfg.batch_size, "total_steps": total}
     cursor, ckpt = 0, None
     if run_dir is not None and cfg.checkpoint_every:
-        meta = {"model": {k: v for k, v in model.config.to_dict().items() if k != "compute"}}
         ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint_every,
-                            keep=cfg.keep_checkpoints, meta=meta)
+                            keep=cfg.keep_checkpoints, meta=checkpoint_meta(model.config))
         if ckpt.latest_step() is not None:
             try:
-                state, cursor = _resume(ckpt, state, abstract if mesh is not None else None, data_id)
+                state, cursor = _resume(ckpt, state, data_id)
             except BaseException:
                 ckpt.close()
                 raise
@@ -303,7 +298,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
             cursor += len(drawn)
             picked = [train[i] for _, i in drawn]
             batch = pack_examples(picked, cfg.rows, cfg.seq_len, cfg.pad_id, -(-cfg.batch_size // cfg.rows))
-            with _mesh(mesh):
+            with use_mesh(mesh):
                 state, sums = step_fn(state, device_batch(batch, mesh))
             sums = jax.device_get(sums)
             metrics = finalize_metrics(sums)
@@ -315,7 +310,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
             save = ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == total)
             evaluation = None
             if save or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-                with _mesh(mesh):
+                with use_mesh(mesh):
                     ent, nll, tokens = (float(v) for v in jax.device_get(eval_fn(state, eval_batch)))
                 evaluation = {"entropy": ent / tokens, "nll": nll / tokens, "tokens": int(tokens)}
                 eval_writer.write(step + 1, evaluation)
@@ -337,17 +332,14 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     return SFTResult(state, history, skipped)
 
 
-def _resume(ckpt: Checkpointer, state: TrainState, abstract: TrainState | None, data_id: dict
-            ) -> tuple[TrainState, int]:
+def _resume(ckpt: Checkpointer, state: TrainState, data_id: dict) -> tuple[TrainState, int]:
     """(restored state, example cursor) of the latest checkpoint; ValueError if another dataset / seed wrote it."""
-    target = abstract if abstract is not None else jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    flat, extras, step = ckpt.restore(flatten_state(target))
+    restored, extras, step = restore_train_state(ckpt, state)
     saved = {k: extras["data"].get(k) for k in data_id}
     if saved != data_id:
         raise ValueError(f"cannot resume {ckpt.directory} step {step}: it was written by a run with {saved}, "
                          f"this run has {data_id}")
-    return unflatten_state(target, flat), int(extras["data"]["cursor"])
+    return restored, int(extras["data"]["cursor"])
 
 
 def eval_entropies(run_dir: str) -> dict[int, float | None]:
@@ -391,6 +383,3 @@ def pick_checkpoint(run_dir: str, band: tuple[float, float] = ENTROPY_BAND) -> t
     step = max(inside)
     return step, entropies[step]
 
-
-def _mesh(mesh):
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()

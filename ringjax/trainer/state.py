@@ -108,3 +108,16 @@ def unflatten_state(like: TrainState, flat: dict[str, jax.Array]) -> TrainState:
     if missing:
         raise ValueError(f"checkpointed state lacks {missing[:3]} ({len(missing)} missing)")
     return jax.tree.unflatten(jax.tree.structure(like), [flat[p] for p in paths])
+
+
+def checkpoint_meta(cfg: LingConfig) -> dict:
+    """What a checkpoint records of the model, one key per architecture field (`model.hidden_size`, ...), so a
+    resume with another model fails naming the differing fields. Compute settings (dtypes, remat) may change."""
+    return {f"model.{k}": v for k, v in cfg.to_dict().items() if k != "compute"}
+
+
+def restore_train_state(checkpointer, like: TrainState) -> tuple[TrainState, dict, int]:
+    """(state, extras, step) of the latest checkpoint of a `Checkpointer`, placed like the live state `like`."""
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    flat, extras, step = checkpointer.restore(flatten_state(target))
+    return unflatten_state(target, flat), extras, step

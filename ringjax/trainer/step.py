@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ringjax.losses import LossConfig, policy_loss
 from ringjax.model import Ling
 from ringjax.model.logprobs import token_logprobs
-from ringjax.sharding import BATCH_AXES
+from ringjax.sharding import BATCH_AXES, batch_shards
 from ringjax.trainer.state import TrainState, merge_model
 
 Batch = Mapping[str, jax.Array]
@@ -147,7 +147,7 @@ def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh | None = None) -> d
         return {k: jnp.asarray(v) for k, v in batch.items()}
     axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
     rows = next(iter(batch.values())).shape[1]
-    split = axes if axes and rows % int(np.prod([mesh.shape[a] for a in axes])) == 0 else None
+    split = axes if axes and rows % batch_shards(mesh) == 0 else None
     out = {}
     for k, v in batch.items():
         sharding = NamedSharding(mesh, PartitionSpec(None, split))
