@@ -20,10 +20,10 @@ from ringjax.trainer.c3po import MicroBatch
 
 def aggregation_weights(micro_batches: Sequence[MicroBatch], cfg: LossConfig) -> list[np.ndarray]:
     """Per-token weight [B, S-1] of every micro-batch (0 off the loss mask)."""
-    masks = [mb.loss_mask for mb in micro_batches]
-    tokens = sum(int(m.sum()) for m in masks)
+    tokens = sum(int(mb.loss_mask.sum()) for mb in micro_batches)
     if tokens == 0:
         raise ValueError("the step has no masked (response) tokens")
+    sequences = len({int(i) for mb in micro_batches for i in np.unique(mb.seq_index[mb.loss_mask])})
     out = []
     for mb in micro_batches:
         if cfg.aggregation == "c3po":
@@ -31,7 +31,6 @@ def aggregation_weights(micro_batches: Sequence[MicroBatch], cfg: LossConfig) ->
         elif cfg.aggregation == "token_mean":
             w = np.full(mb.loss_mask.shape, 1.0 / tokens)
         else:  # seq_mean
-            sequences = len({int(i) for m in micro_batches for i in np.unique(m.seq_index[m.loss_mask])})
             w = 1.0 / (np.maximum(mb.response_len, 1) * sequences)
         out.append(np.where(mb.loss_mask, w, 0.0).astype(np.float32))
     return out
