@@ -60,6 +60,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # leftovers of a crashed save are removed on start
         )
+        self._pending: int | None = None  # step of the save in flight
+        self._failed: set[int] = set()  # steps whose save failed: their tmp folder may still be written to
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
 
     def should_save(self, step: int) -> bool:
@@ -83,8 +85,12 @@ class Checkpointer:
                 raise ValueError(f"extra name {name!r} is reserved or not an identifier")
             items[name] = ocp.args.JsonSave(_json(name, value))
         self.wait()
+        if step in self._failed:
+            raise ValueError(f"checkpoint step {step} failed to save earlier and orbax may still be writing its "
+                             f"temporary folder; save a later step")
         if step in self.all_steps():
             raise ValueError(f"checkpoint step {step} already exists in {self.directory}; steps are never overwritten")
+        self._pending = step
         return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
@@ -96,8 +102,12 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception:
+            if self._pending is not None:
+                self._failed.add(self._pending)
             self._manager.reload()
             raise
+        finally:
+            self._pending = None
 
     def close(self) -> None:
         self._manager.close()
