@@ -1,0 +1,249 @@
+"""C3PO++ (Ring-1T): token-budgeted rollout iterations whose unfinished responses carry over to the next policy.
+
+Per iteration t (SPEC section 2), over any `rollout.types.Engine` (the in-process JAX engine or a Ray pool):
+1. drop every rollout group that has already spanned `sigma` iterations (started at b with t - b >= sigma); its
+   tokens are counted in `stats["dropped_groups"]` / `stats["dropped_tokens"]`, never silently lost;
+2. re-submit the unfinished responses of the inference pool as continuations (prompt + tokens so far), so the
+   current policy continues them;
+3. while the completed-token count C < `phi`: refill the pool to capacity `omega` responses with new prompts
+   (`samples` responses per prompt: one GRPO group), advance the engine, and when a group's last response ends
+   move the group to the training pool and add its response tokens to C;
+4. interrupt the engine (`abort`): partial responses keep their tokens, log-probs and per-token policy versions
+   and wait in the pool for iteration t + 1.
+
+Unit of completion: the GRPO group. A response that ends waits for its siblings, because the group's advantages
+need every reward; C counts a group's tokens once it is complete. Rewards are computed off the generation loop
+(an executor; the default runs them on a thread pool as groups complete) and collected at the end of the
+iteration; a reward function that raises or exceeds `reward_timeout_s` scores 0 and is counted.
+
+`mode="sync"` is the baseline: submit a batch of `omega` responses, wait until every one of them has ended,
+repeat until C >= phi; nothing carries over.
+
+Failures: a request the engine answers with `finish="error"` (empty or over-long prompt, a dead SGLang server)
+fails its whole group: the siblings are aborted, the group is counted in `stats["failed_groups"]` with the reason
+in `errors` (first few kept), and the run goes on.
+
+`state_dict()` / `load_state_dict()` hold everything needed to continue the same partial rollouts after a
+restart (JSON-serialisable: it goes into the trainer's checkpoint). KV caches are not saved: a resumed
+continuation is re-prefilled by the policy that continues it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import numpy as np
+
+from ringjax.data import PromptRecord
+from rollout.types import Engine, Output, Request, SamplingParams
+
+RewardFn = Callable[[PromptRecord, np.ndarray], float]
+MAX_ERRORS_KEPT = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class C3POPPConfig:
+    phi: int = 256  # completed response tokens per iteration
+    omega: int = 16  # inference pool capacity, in responses
+    sigma: int = 2  # iterations a rollout may span before it is dropped
+    samples: int = 4  # responses per prompt (GRPO group size)
+    mode: Literal["c3po++", "sync"] = "c3po++"
+    reward_timeout_s: float = 60.0
+    reward_workers: int = 4
+
+    def __post_init__(self):
+        for name in ("phi", "omega", "sigma", "samples", "reward_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name}={getattr(self, name)} must be >= 1")
+        if self.omega < self.samples:
+            raise ValueError(f"rollout.omega={self.omega} cannot hold one group of samples={self.samples}")
+        if self.mode not in ("c3po++", "sync"):
+            raise ValueError(f"rollout.mode={self.mode!r} is not 'c3po++' or 'sync'")
+
+
+@dataclasses.dataclass
+class Member:
+    """One response of a group, possibly spanning several iterations and policy versions."""
+
+    id: str
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    versions: list[int] = dataclasses.field(default_factory=list)
+    done: bool = False
+
+    def extend(self, out: Output) -> None:
+        self.tokens += out.tokens.tolist()
+        self.logprobs += out.logprobs.tolist()
+        self.versions += out.versions.tolist()
+
+
+@dataclasses.dataclass
+class Group:
+    id: str
+    record: PromptRecord
+    prompt: list[int]
+    born: int  # iteration the group started in
+    members: list[Member]
+
+    @property
+    def complete(self) -> bool:
+        return all(m.done for m in self.members)
+
+    def response_tokens(self) -> int:
+        return sum(len(m.tokens) for m in self.members)
+
+
+@dataclasses.dataclass
+class Finished:
+    """A complete group and its rewards (what the trainer turns into GRPO `Response`s)."""
+
+    group: Group
+    rewards: list[float]
+
+
+class C3POPlusPlus:
+    """The rollout scheduler; `prompts` yields (record, prompt ids) and is only advanced to refill the pool."""
+
+    def __init__(self, cfg: C3POPPConfig, sampling: SamplingParams, prompts: Iterator[tuple[PromptRecord, list[int]]],
+                 reward_fn: RewardFn, executor: cf.Executor | None = None):
+        self.cfg, self.sampling, self.prompts, self.reward_fn = cfg, sampling, prompts, reward_fn
+        self._own_executor = executor is None
+        self.executor = executor or cf.ThreadPoolExecutor(cfg.reward_workers, thread_name_prefix="reward")
+        self.iteration = 0
+        self.groups: dict[str, Group] = {}  # the inference pool: groups with unfinished members
+        self._next_group = 0
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.errors: list[str] = []
+        self.exhausted = False
+
+    # -- one iteration ---------------------------------------------------------------------------------------------
+    def run_iteration(self, engine: Engine) -> list[Finished]:
+        """Advances rollouts until `phi` tokens of complete groups exist (or the prompts run out); returns them."""
+        t = self.iteration
+        self._retire(t)
+        by_id = {m.id: (g, m) for g in self.groups.values() for m in g.members}
+        carried = [self._request(g, m) for g, m in by_id.values() if not m.done]
+        engine.submit(carried)
+        self.stats["resubmitted"] += len(carried)
+        running = {r.id for r in carried}  # submitted, no output yet
+        completed, futures, count = [], [], 0
+        while count < self.cfg.phi:
+            if self.cfg.mode == "c3po++" or not running:
+                running |= self._refill(engine, t, len(running), by_id)
+            if not running:
+                break  # prompt source exhausted and nothing running
+            for out in engine.step():
+                if out.id not in running:
+                    self.stats["stray_outputs"] += 1
+                    continue
+                running.discard(out.id)
+                g, m = by_id[out.id]
+                if g.id not in self.groups:
+                    continue  # a sibling of a group that failed in this same batch of outputs
+                if out.finish == "error":
+                    running -= self._fail(engine, g, out.error or "engine error")
+                    continue
+                m.extend(out)
+                m.done = out.finish in ("stop", "length")
+                self.stats["tokens_generated"] += len(out.tokens)
+                if g.complete:
+                    del self.groups[g.id]
+                    completed.append(g)
+                    count += g.response_tokens()
+                    futures.append(self.executor.submit(self._score, g))
+        for out in engine.abort():
+            g, m = by_id.get(out.id, (None, None))
+            if g is not None and g.id in self.groups:
+                m.extend(out)
+                self.stats["tokens_generated"] += len(out.tokens)
+        self.iteration += 1
+        self.stats["iterations"] += 1
+        self.stats["completed_groups"] += len(completed)
+        return [Finished(g, self._rewards(f, g)) for g, f in zip(completed, futures)]
+
+    def close(self) -> None:
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _request(self, g: Group, m: Member) -> Request:
+        return Request(m.id, np.asarray(g.prompt, np.int32), self.sampling, np.asarray(m.tokens, np.int32))
+
+    def _retire(self, t: int) -> None:
+        for g in list(self.groups.values()):
+            if t - g.born >= self.cfg.sigma:
+                del self.groups[g.id]
+                self.stats["dropped_groups"] += 1
+                self.stats["dropped_tokens"] += g.response_tokens()
+
+    def _refill(self, engine: Engine, t: int, in_flight: int, by_id: dict) -> set[str]:
+        """Starts new groups while they fit in `omega`; returns the ids submitted."""
+        added: list[Request] = []
+        while not self.exhausted and in_flight + len(added) + self.cfg.samples <= self.cfg.omega:
+            try:
+                record, ids = next(self.prompts)
+            except StopIteration:
+                self.exhausted = True
+                break
+            gid = f"g{self._next_group}"
+            self._next_group += 1
+            g = Group(gid, record, [int(i) for i in ids], t, [Member(f"{gid}/{j}") for j in range(self.cfg.samples)])
+            self.groups[gid] = g
+            for m in g.members:
+                by_id[m.id] = (g, m)
+            added += [self._request(g, m) for m in g.members]
+            self.stats["groups_started"] += 1
+        engine.submit(added)
+        return {r.id for r in added}
+
+    def _fail(self, engine: Engine, g: Group, error: str) -> set[str]:
+        """Drops group `g` after one of its requests failed; aborts its running siblings, returns their ids."""
+        del self.groups[g.id]
+        self.stats["failed_groups"] += 1
+        self.stats["dropped_tokens"] += g.response_tokens()
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(f"group {g.id} (prompt {g.record.id}): {error}")
+        siblings = [m.id for m in g.members if not m.done]
+        return {o.id for o in engine.abort(siblings)} if siblings else set()
+
+    def _score(self, g: Group) -> list[float]:
+        return [self._one_reward(g.record, np.asarray(m.tokens, np.int32)) for m in g.members]
+
+    def _one_reward(self, record: PromptRecord, tokens: np.ndarray) -> float:
+        try:
+            return float(self.reward_fn(record, tokens))
+        except Exception as e:  # a reward function's bug must not stop the run: score 0, count, keep the reason
+            self.stats["reward_errors"] += 1
+            if len(self.errors) < MAX_ERRORS_KEPT:
+                self.errors.append(f"reward of prompt {record.id}: {type(e).__name__}: {e}")
+            return 0.0
+
+    def _rewards(self, future: cf.Future, g: Group) -> list[float]:
+        try:
+            return future.result(timeout=self.cfg.reward_timeout_s)
+        except cf.TimeoutError:
+            self.stats["reward_timeouts"] += 1
+            if len(self.errors) < MAX_ERRORS_KEPT:
+                self.errors.append(f"reward of group {g.id} exceeded {self.cfg.reward_timeout_s} s")
+            return [0.0] * len(g.members)
+
+    # -- checkpoint ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "next_group": self._next_group, "stats": dict(self.stats),
+                "exhausted": self.exhausted,
+                "groups": [{"id": g.id, "record": dataclasses.asdict(g.record), "prompt": g.prompt, "born": g.born,
+                            "members": [dataclasses.asdict(m) for m in g.members]} for g in self.groups.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self._next_group = int(state["iteration"]), int(state["next_group"])
+        self.stats = collections.Counter(state["stats"])
+        self.exhausted = bool(state.get("exhausted", False))
+        self.groups = {}
+        for row in state["groups"]:
+            members = [Member(**m) for m in row["members"]]
+            self.groups[row["id"]] = Group(row["id"], PromptRecord(**row["record"]), list(row["prompt"]),
+                                           int(row["born"]), members)
