@@ -1,0 +1,88 @@
+"""Throughput and latency of the bubblewrap sandbox (`rollout.sandbox.run_python`) on tiny programs.
+
+    PYTHONPATH=. python3 benchmarks/sandbox_bench.py [--programs 50] [--workers 1,4,8] [--out FILE]
+
+Each program prints its index (`print(i)`); a run counts as failed unless it exits 0 with exactly that output.
+- `runs_per_s`: programs / wall time, with 1 (sequential) and N parallel callers (threads, each waiting on its
+  own bwrap subprocess);
+- `median_start_latency_s` / `p90_latency_s` / `max_latency_s`: launch-to-exit time of one program (namespaces, mounts,
+  the rlimit launcher, interpreter start-up and tear-down: what a one-test code reward costs at least);
+- `bare_python_s`: median launch-to-exit of the same interpreter without the sandbox (`python -I -S -c ...`),
+  so the sandbox's own overhead is the difference.
+Prints one JSON line per worker count and a final {"summary": ...} line (also written to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from rollout.sandbox import SandboxLimits, bwrap_binary, bwrap_version, interpreter, run_python, sandbox_available
+
+
+def _one(i: int, limits: SandboxLimits) -> tuple[bool, float]:
+    res = run_python(f"print({i})", limits=limits)
+    return res.ok and res.stdout == f"{i}\n", res.wall_s
+
+
+def bench_workers(programs: int, workers: int, limits: SandboxLimits) -> dict:
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda i: _one(i, limits), range(min(workers, 4))))  # warm-up
+        t0 = time.perf_counter()
+        results = list(ex.map(lambda i: _one(i, limits), range(programs)))
+        total = time.perf_counter() - t0
+    lat = sorted(w for _, w in results)
+    return {"workers": workers, "programs": programs, "failed": sum(not ok for ok, _ in results),
+            "runs_per_s": round(programs / total, 1), "total_s": round(total, 3),
+            "median_start_latency_s": round(statistics.median(lat), 4),
+            "p90_latency_s": round(lat[int(0.9 * (len(lat) - 1))], 4), "max_latency_s": round(lat[-1], 4),
+            "mean_latency_s": round(statistics.fmean(lat), 4)}
+
+
+def bare_python_s(runs: int) -> float:
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([interpreter()[0], "-I", "-S", "-c", f"print({i})"], capture_output=True, check=True)
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times), 4)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--programs", type=int, default=50)
+    ap.add_argument("--workers", default=f"1,{os.cpu_count() or 1},{2 * (os.cpu_count() or 1)}")
+    ap.add_argument("--out", default=None, help="also write the summary JSON here")
+    args = ap.parse_args(argv)
+    reason = sandbox_available()
+    if reason is not None:
+        sys.exit(f"sandbox unavailable: {reason}")
+    limits = SandboxLimits(cpu_s=5, memory_mb=512, wall_s=30)
+    env = {"bwrap": bwrap_binary(), "bwrap_version": ".".join(map(str, bwrap_version(bwrap_binary()))),
+           "python": interpreter()[0], "cpus": os.cpu_count(), "root": os.geteuid() == 0,
+           "limits": {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "nproc": limits.nproc}}
+    print(json.dumps({"env": env}), flush=True)
+    results = []
+    for workers in dict.fromkeys(int(w) for w in args.workers.split(",")):
+        row = bench_workers(args.programs, workers, limits)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    seq = next((r for r in results if r["workers"] == 1), results[0])
+    summary = {"env": env, "results": results, "bare_python_s": bare_python_s(min(args.programs, 20)),
+               "median_start_latency_s": seq["median_start_latency_s"],
+               "runs_per_s": {f"w{r['workers']}": r["runs_per_s"] for r in results}}
+    print(json.dumps({"summary": summary}), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The reward interface: a reward function maps (prompt record, response text) to a float score.
+
+Rewards here are binary (SPEC section 3): 1.0 when the response is verified correct against the record's
+reference (`answer` for math and science, `tests` for code), else 0.0. Functions may raise on a malformed record;
+`RewardPool` turns any exception into a 0 score and counts it, so a single bad row never stops a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+
+from ringjax.data import PromptRecord
+
+RewardFn = Callable[[PromptRecord, str], float]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardResult:
+    """The score of one response; `error` says why it is 0 when the reward function failed or timed out."""
+
+    score: float
+    error: str | None = None
+
+
+def as_text(response: str | bytes) -> tuple[str, bool]:
+    """(valid UTF-8 text, whether it had to be repaired): bytes are decoded with errors="replace", and a str
+    holding lone surrogates (e.g. from errors="surrogateescape") gets each replaced by U+FFFD."""
+    if isinstance(response, bytes | bytearray):
+        try:
+            return bytes(response).decode("utf-8"), False
+        except UnicodeDecodeError:
+            return bytes(response).decode("utf-8", "replace"), True
+    if not isinstance(response, str):
+        raise TypeError(f"a response must be str or bytes, got {type(response).__name__}")
+    try:
+        response.encode("utf-8")
+        return response, False
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", response), True
