@@ -1,0 +1,336 @@
+"""`RayEnginePool`: the `Engine` interface over rollout workers that run as Ray actors (`rollout/ray_worker.py`).
+
+Requests go to the least-loaded live worker; finished outputs come back through one `ray.util.queue.Queue`
+(its `maxsize` bounds what workers may run ahead of the consumer). The pool is poll-driven like any engine, so a
+scheduler can use a local `JaxEngine` or the pool interchangeably.
+
+Bookkeeping: every dispatch of a request gets a fresh ticket, every (re)start of a worker a fresh attempt; the pool
+keeps `ticket -> (request, worker, attempt)` for everything not yet answered. An output is accepted only if its
+ticket is outstanding on the worker attempt it came from; anything else (a request answered already, the output
+of a superseded dispatch) is dropped and counted in `stats["duplicates"]`. Each request is answered exactly once.
+
+Failures: each worker runs its loop as one long actor call, so its death surfaces as that call failing
+(`RayActorError`, or `RayTaskError` if the loop itself broke), as does any other call to it. Then the pool
+1. takes what the dead worker already put into the queue, and reissues every other request it held, from the
+   original `Request` (partial tokens on the dead worker are lost, the request is not), to the live workers;
+2. waits, without blocking `step()`, for Ray to restart the actor (`max_restarts`; fresh state; Ray refuses calls
+   while it restarts, so the pool asks again every 0.2 s for up to `restart_timeout` s) or, if Ray will not (the
+   actor is dead for good, its loop broke, the restart failed or took too long), starts a replacement actor; then
+   sends it the current weights and version and a new attempt, and starts its loop again;
+3. raises `WorkerPoolError` once one worker has failed more than `max_restarts` times.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from flax import nnx
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.util.queue import Empty, Queue
+
+from rollout.jax_engine import flat_weights
+from rollout.ray_worker import EngineFactory, Item, RolloutWorker
+from rollout.types import Output, Request
+
+log = logging.getLogger(__name__)
+_RemoteWorker = ray.remote(RolloutWorker)
+_BACKLOG = -1  # worker index of requests waiting for a live worker
+
+
+class WorkerPoolError(RuntimeError):
+    """The pool gave up: a worker failed more often than `max_restarts` allows."""
+
+
+@dataclasses.dataclass
+class _Worker:
+    handle: Any
+    attempt: int = 0
+    alive: bool = False
+    loop: ray.ObjectRef | None = None  # the running `run` call; resolves only if the worker fails
+    recovering: ray.ObjectRef | None = None  # `configure` of a new attempt, in flight
+    retry_at: float = 0.0  # when to send `configure` again (Ray refuses calls while it restarts the actor)
+    give_up_at: float = 0.0  # the restart is taking too long: replace the actor
+    failures: int = 0
+    version: int = 0  # the weights version this attempt holds
+
+
+@dataclasses.dataclass
+class _Ticket:
+    request: Request
+    worker: int = _BACKLOG
+    attempt: int = -1
+
+
+class RayEnginePool:
+    """Engine interface over `num_workers` Ray actors, each building its engine from `factory(worker_id)`."""
+
+    def __init__(self, factory: EngineFactory, num_workers: int, *, queue_size: int = 64, address: str | None = None,
+                 max_restarts: int = 3, num_cpus: float = 0, runtime_env: dict | None = None,
+                 max_concurrency: int = 4, poll_timeout: float = 0.05, abort_timeout: float = 120.0,
+                 restart_timeout: float = 300.0):
+        if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
+            raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
+                             f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address)
+        self.max_restarts, self.poll_timeout, self.abort_timeout = max_restarts, poll_timeout, abort_timeout
+        self.restart_timeout = restart_timeout
+        self._options = dict(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
+                             max_concurrency=max_concurrency, runtime_env=runtime_env)
+        self._factory = ray.put(factory)  # held here: Ray needs the constructor arguments again at each restart
+        self._queue = Queue(maxsize=queue_size, actor_options={"num_cpus": 0})
+        self._weights_ref: ray.ObjectRef | None = None  # None: the factory's weights
+        self._tickets: dict[int, _Ticket] = {}
+        self._by_id: dict[str, int] = {}
+        self._next_ticket = 0
+        self._ready: list[Output] = []  # accepted, not yet returned by step()
+        self._error: WorkerPoolError | None = None
+        self._closed = False
+        self.stats: collections.Counter = collections.Counter()
+        self._workers = [_Worker(self._spawn(i)) for i in range(num_workers)]
+        infos = []
+        for i, w in enumerate(self._workers):
+            try:
+                infos.append(ray.get(w.handle.configure.remote(0, None, 0)))
+            except (RayActorError, RayTaskError) as e:
+                self.close()
+                raise WorkerPoolError(f"worker {i} failed to start: {e}") from e
+        self.version = infos[0]["version"]
+        for w, info in zip(self._workers, infos):
+            w.version = info["version"]
+            self._start_loop(w)
+
+    # -- Engine interface --------------------------------------------------------------------------------------------
+    def submit(self, requests: Sequence[Request]) -> None:
+        self._check_usable()
+        ids = [r.id for r in requests]
+        clash = sorted(set(ids) & set(self._by_id)) or sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+        if clash:
+            raise ValueError(f"RayEnginePool.submit: requests {clash[:3]} are already pending")
+        for r in requests:
+            self._new_ticket(r)
+        self._dispatch()
+
+    def step(self) -> list[Output]:
+        self._check_usable()
+        self._check_workers()
+        self._dispatch()
+        if self._tickets:
+            self._collect(0.0 if self._ready else self.poll_timeout)
+        out, self._ready = self._ready, []
+        return out
+
+    def abort(self, ids: Sequence[str] | None = None) -> list[Output]:
+        """Partial outputs (finish="abort") of the given (default: all) pending requests. A request that finished
+        before the abort reached its worker comes back with its final output here instead; either way, once
+        `abort` returns, none of `ids` is pending and none will come out of `step()`."""
+        self._check_usable()
+        wanted = set(self._by_id) | {o.id for o in self._ready} if ids is None else set(ids)
+        self._abort_backlog(wanted)
+        by_worker = collections.defaultdict(list)
+        for i in wanted & set(self._by_id):
+            by_worker[self._tickets[self._by_id[i]].worker].append(i)
+        calls = {k: self._workers[k].handle.abort.remote(v) for k, v in by_worker.items() if k != _BACKLOG}
+        for k, ref in calls.items():
+            try:
+                self._accept_all(ray.get(ref))
+            except (RayActorError, RayTaskError) as e:
+                self._failed(k, e)
+        deadline = time.monotonic() + self.abort_timeout
+        while wanted & set(self._by_id):  # outputs that had left their worker: in or on the way to the queue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"abort: no output for {sorted(wanted & set(self._by_id))[:3]} "
+                                   f"after {self.abort_timeout} s")
+            self._check_workers()
+            self._abort_backlog(wanted)
+            self._collect(self.poll_timeout)
+        out = [o for o in self._ready if o.id in wanted]
+        self._ready = [o for o in self._ready if o.id not in wanted]
+        return out
+
+    def update_weights(self, weights: nnx.Module | nnx.State | Mapping[str, Any] | ray.ObjectRef, version: int) -> None:
+        """Puts the weights into the object store once (or takes an `ObjectRef` of a flat mapping put already); every
+        worker loads that one copy. Blocks until the live workers hold them (tokens sampled afterwards carry
+        `version`); recovering workers get them when they come back."""
+        self._check_usable()
+        if isinstance(weights, ray.ObjectRef):
+            ref = weights
+        else:
+            flat = weights if isinstance(weights, Mapping) else flat_weights(weights)
+            ref = ray.put({k: np.asarray(v) for k, v in flat.items()})
+        calls = {k: w.handle.update_weights.remote(ref, version) for k, w in enumerate(self._workers) if w.alive}
+        for k, call in calls.items():
+            try:
+                ray.get(call)
+                self._workers[k].version = int(version)
+            except RayActorError as e:
+                self._failed(k, e)
+            except RayTaskError as e:  # the weights do not fit the engine: every worker refuses them alike
+                raise e.as_instanceof_cause() from None
+        self._weights_ref, self.version = ref, int(version)
+
+    def num_pending(self) -> int:
+        return len(self._tickets) + len(self._ready)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in getattr(self, "_workers", []):
+            ray.kill(w.handle, no_restart=True)
+        if hasattr(self, "_queue"):
+            self._queue.shutdown(force=True)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayEnginePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- introspection -----------------------------------------------------------------------------------------------
+    @property
+    def workers(self) -> list:
+        """The actor handles, by worker index."""
+        return [w.handle for w in self._workers]
+
+    def loads(self) -> list[int]:
+        """Pending requests per worker, as the pool assigned them."""
+        load = collections.Counter(t.worker for t in self._tickets.values())
+        return [load[k] for k in range(len(self._workers))]
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+    def _spawn(self, index: int):
+        return _RemoteWorker.options(**self._options).remote(self._factory, self._queue, index)
+
+    def _start_loop(self, w: _Worker) -> None:
+        w.alive, w.recovering = True, None
+        w.loop = w.handle.run.remote(w.attempt)
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise RuntimeError("RayEnginePool is closed")
+
+    def _new_ticket(self, request: Request) -> int:
+        t = self._next_ticket
+        self._next_ticket += 1
+        self._tickets[t] = _Ticket(request)
+        self._by_id[request.id] = t
+        return t
+
+    def _dispatch(self) -> None:
+        live = [k for k, w in enumerate(self._workers) if w.alive]
+        backlog = [t for t, tk in self._tickets.items() if tk.worker == _BACKLOG]
+        if not live or not backlog:
+            return
+        load = collections.Counter(tk.worker for tk in self._tickets.values())
+        batches = collections.defaultdict(list)
+        for t in backlog:
+            k = min(live, key=lambda k: load[k])
+            load[k] += 1
+            tk = self._tickets[t]
+            tk.worker, tk.attempt = k, self._workers[k].attempt
+            batches[k].append((t, tk.request))
+        for k, batch in batches.items():
+            self._workers[k].handle.submit.remote(batch, self._workers[k].attempt)  # a failure shows on the loop call
+
+    def _collect(self, timeout: float) -> None:
+        """Accepts what has arrived in the queue, waiting up to `timeout` s for the first item."""
+        try:
+            items = [self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()]
+        except Empty:
+            return
+        n = self._queue.qsize()
+        self._accept_all(items + (self._queue.get_nowait_batch(n) if n else []))
+
+    def _accept_all(self, items: Sequence[Item]) -> None:
+        for worker, attempt, t, output in items:
+            tk = self._tickets.get(t)
+            if tk is None or (tk.worker, tk.attempt) != (worker, attempt) or tk.request.id != output.id:
+                self.stats["duplicates"] += 1
+                continue
+            del self._tickets[t], self._by_id[output.id]
+            self._ready.append(output)
+            self.stats["outputs"] += 1
+
+    def _abort_backlog(self, wanted: set[str]) -> None:
+        for i in wanted & set(self._by_id):
+            t = self._by_id[i]
+            if self._tickets[t].worker == _BACKLOG:
+                self._accept_all([(_BACKLOG, -1, t, Output(i, [], [], [], "abort"))])
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for w in self._workers:
+            if not w.alive and w.recovering is None and now >= w.retry_at:
+                w.recovering = w.handle.configure.remote(w.attempt, self._weights_ref, self.version)
+        pending = {(w.loop if w.alive else w.recovering): k for k, w in enumerate(self._workers)}
+        pending.pop(None, None)
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in done:
+            k, w = pending[ref], self._workers[pending[ref]]
+            try:
+                info = ray.get(ref)
+            except ActorUnavailableError as e:
+                if not w.alive and time.monotonic() < w.give_up_at:  # still restarting: ask again shortly
+                    w.recovering, w.retry_at = None, time.monotonic() + 0.2
+                else:
+                    self._failed(k, e)
+                continue
+            except (RayActorError, RayTaskError) as e:
+                self._failed(k, e)
+                continue
+            if w.alive:  # `run` returned: it never should
+                self._failed(k, RuntimeError(f"worker {k}: generation loop returned {info!r}"))
+                continue
+            if info["attempt"] != w.attempt:  # configured, then restarted again before we looked
+                self._failed(k, RuntimeError(f"worker {k}: restarted during recovery"))
+                continue
+            w.version = info["version"]
+            if self._weights_ref is not None and w.version != self.version:  # weights changed while it restarted
+                try:
+                    w.version = ray.get(w.handle.update_weights.remote(self._weights_ref, self.version))
+                except (RayActorError, RayTaskError) as e:
+                    self._failed(k, e)
+                    continue
+            log.info("worker %d is back (attempt %d)", k, w.attempt)
+            self._start_loop(w)
+
+    def _failed(self, k: int, error: Exception) -> None:
+        """Worker `k` failed: reissue what it held, start its recovery (see the module docstring)."""
+        w = self._workers[k]
+        was_alive, w.alive, w.loop, w.recovering = w.alive, False, None, None
+        w.failures += 1
+        self.stats["restarts"] += 1
+        log.warning("worker %d (attempt %d) failed: %s: %s", k, w.attempt, type(error).__name__, error)
+        if was_alive:
+            self._collect(0.0)  # keep what it finished before dying
+        for t, tk in list(self._tickets.items()):
+            if tk.worker == k:
+                del self._tickets[t]
+                self._new_ticket(tk.request)
+                self.stats["reissued"] += 1
+        if w.failures > self.max_restarts:
+            self._error = WorkerPoolError(f"worker {k} failed {w.failures} times (max_restarts={self.max_restarts}); "
+                                          f"last error: {type(error).__name__}: {error}")
+            raise self._error
+        if not (was_alive and isinstance(error, ActorUnavailableError)):
+            # Ray is not restarting it (dead for good, its loop broke, or the restart failed): replace the actor.
+            ray.kill(w.handle, no_restart=True)
+            w.handle = self._spawn(k)
+            self.stats["replaced"] += 1
+        w.attempt += 1
+        w.retry_at, w.give_up_at = 0.0, time.monotonic() + self.restart_timeout

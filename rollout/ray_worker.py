@@ -1,0 +1,195 @@
+"""A rollout worker as a Ray actor: one engine, a generation loop, finished outputs streamed into a shared queue.
+
+The actor is threaded (`max_concurrency` > 1): the pool runs `run(attempt)` in one thread for the life of the
+actor, while `submit`, `abort`, `update_weights`, `configure` and `ping` arrive in others. One lock serialises
+every engine call; submitted requests wait in an inbox that the loop moves into the engine before each `step()`.
+
+Every queue item is `(worker_id, attempt, ticket, Output)`. The pool numbers each dispatch of a request with a
+fresh `ticket` and each (re)start of a worker with a fresh `attempt`, so it can discard outputs that belong to a
+superseded dispatch (see `rollout/ray_pool.py`). `queue.put` blocks while the queue is full: a worker whose
+outputs are not consumed stops stepping (back-pressure). Outputs the loop has taken from the engine are no longer
+abortable: they reach the queue, so `abort` never returns a request that will also show up there.
+
+A worker restarted by Ray runs `__init__` again (fresh engine from the factory, attempt -1) and does nothing until
+the pool `configure`s it with the current weights and a new attempt and starts `run` again.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import ray
+from flax import nnx
+
+from ringjax.model import Ling, LingConfig, abstract_model
+from rollout.jax_engine import JaxEngine
+from rollout.types import Engine, Output, Request
+
+EngineFactory = Callable[[int], Engine]  # worker id -> engine; must pickle (it travels to the actor)
+Item = tuple[int, int, int, Output]  # (worker id, attempt, ticket, output)
+
+
+def model_from_flat(config: LingConfig, weights: Mapping[str, Any]) -> Ling:
+    """A `config`-shaped model holding `weights` ({path: array}, the form `flat_weights` makes); no init compile."""
+    graphdef, abstract = nnx.split(abstract_model(config))
+    leaves = list(nnx.to_flat_state(abstract))
+    names = ["/".join(str(p) for p in path) for path, _ in leaves]
+    missing, extra = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+    if missing or extra:
+        raise ValueError(f"model_from_flat: missing {missing[:3]}, unexpected {extra[:3]}")
+    out = []
+    for name, (path, leaf) in zip(names, leaves):
+        spec = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        value = np.asarray(weights[name])
+        if value.shape != tuple(spec.shape):
+            raise ValueError(f"model_from_flat: {name} has shape {value.shape}, the model {tuple(spec.shape)}")
+        value = jnp.asarray(value, spec.dtype)
+        out.append((path, leaf.replace(value) if isinstance(leaf, nnx.Variable) else value))
+    return nnx.merge(graphdef, nnx.from_flat_state(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxEngineFactory:
+    """Builds a `JaxEngine` inside a worker. `weights` may be an `ObjectRef` (put once, shared by every worker).
+    Each worker samples with its own key: `seed` mixed with the worker id."""
+
+    config: LingConfig
+    weights: Mapping[str, np.ndarray] | ray.ObjectRef
+    slots: int = 8
+    max_context: int = 512
+    decode_chunk: int = 8
+    seed: int = 0
+    version: int = 0
+
+    def __call__(self, worker_id: int = 0) -> JaxEngine:
+        weights = ray.get(self.weights) if isinstance(self.weights, ray.ObjectRef) else self.weights
+        seed = int(np.random.SeedSequence([self.seed, worker_id]).generate_state(1)[0])
+        return JaxEngine(model_from_flat(self.config, weights), slots=self.slots, max_context=self.max_context,
+                         decode_chunk=self.decode_chunk, seed=seed, version=self.version)
+
+
+class StaleAttempt(RuntimeError):
+    """`run` was started for an attempt the worker is not in (it was restarted in between)."""
+
+
+class RolloutWorker:
+    """Ray actor body (the pool wraps it with `ray.remote`)."""
+
+    def __init__(self, factory: EngineFactory, queue, worker_id: int):
+        self.worker_id, self._factory, self._queue = worker_id, factory, queue
+        self._engine = factory(worker_id)
+        self._weights: tuple[Any, int] | None = None  # last update_weights, to rebuild a broken engine
+        self._attempt = -1  # -1: fresh (never configured, or restarted by Ray)
+        self._lock = threading.Lock()  # engine and _tickets
+        self._cv = threading.Condition()  # _inbox
+        self._inbox: list[tuple[int, Request]] = []
+        self._tickets: dict[str, int] = {}  # request id -> ticket, for requests inside the engine
+        self._held = 0  # outputs taken from the engine, not yet in the queue
+        self.stats: collections.Counter = collections.Counter()
+        self._engine_stats: dict = {}
+
+    # -- called by the pool ------------------------------------------------------------------------------------------
+    def configure(self, attempt: int, weights: Mapping[str, Any] | None, version: int) -> dict:
+        """Starts `attempt`: drops any work of an earlier one and loads `weights` (None: keep the factory's)."""
+        with self._lock:
+            with self._cv:
+                self._inbox.clear()
+            if self._tickets:
+                self._engine.abort()
+                self._tickets.clear()
+            if weights is not None:
+                self._engine.update_weights(weights, version)
+                self._weights = (weights, version)
+            self._attempt = attempt
+        return self.ping()
+
+    def submit(self, items: Sequence[tuple[int, Request]], attempt: int) -> bool:
+        """Queues (ticket, request) pairs; refuses (False) work sent to an earlier attempt of this worker."""
+        if attempt != self._attempt:
+            self.stats["stale_submits"] += 1
+            return False
+        with self._cv:
+            self._inbox.extend(items)
+            self._cv.notify()
+        return True
+
+    def abort(self, ids: Sequence[str] | None = None) -> list[Item]:
+        """Stops the given (default: all) requests still held here; their partial outputs, tagged like queue items."""
+        wanted = None if ids is None else set(ids)
+        with self._lock:
+            with self._cv:
+                dropped = [(t, r) for t, r in self._inbox if wanted is None or r.id in wanted]
+                self._inbox = [(t, r) for t, r in self._inbox if not (wanted is None or r.id in wanted)]
+            outs = [(t, Output(r.id, [], [], [], "abort")) for t, r in dropped]
+            try:
+                partial = self._engine.abort(ids)
+            except Exception as e:  # noqa: BLE001 - the requests come back as failed, the worker keeps serving
+                partial = self._engine_failed(e)
+            outs += [(self._tickets.pop(o.id), o) for o in partial if o.id in self._tickets]
+        self.stats["aborted"] += len(outs)
+        return [(self.worker_id, self._attempt, t, o) for t, o in outs]
+
+    def update_weights(self, weights: Mapping[str, Any], version: int) -> int:
+        with self._lock:
+            self._engine.update_weights(weights, version)
+            self._weights = (weights, version)
+        return version
+
+    def num_pending(self) -> int:
+        return len(self._inbox) + len(self._tickets) + self._held
+
+    def ping(self) -> dict:
+        return {"worker_id": self.worker_id, "attempt": self._attempt, "version": int(self._engine.version),
+                "pending": self.num_pending(), "held": self._held, "stats": dict(self.stats),
+                "engine_stats": dict(self._engine_stats)}
+
+    def run(self, attempt: int) -> None:
+        """The generation loop: steps the engine while it has work, puts finished outputs into the queue."""
+        if attempt != self._attempt:
+            raise StaleAttempt(f"worker {self.worker_id}: run({attempt}) but the worker is in attempt {self._attempt}")
+        while True:
+            with self._cv:
+                while not self._inbox and not self._tickets:
+                    self._cv.wait(0.5)
+            items = self._step()
+            self._held = len(items)
+            for item in items:
+                self._queue.put(item)  # blocks while the queue is full: back-pressure
+                self._held -= 1
+                self.stats["outputs"] += 1
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+    def _step(self) -> list[Item]:
+        with self._lock:
+            with self._cv:
+                new, self._inbox = self._inbox, []
+            try:
+                if new:
+                    self._tickets.update((r.id, t) for t, r in new)
+                    self._engine.submit([r for _, r in new])
+                outs = self._engine.step()
+            except Exception as e:  # noqa: BLE001 - the requests come back as failed, the worker keeps serving
+                outs = self._engine_failed(e)
+            self._engine_stats = dict(getattr(self._engine, "stats", {}))
+            items = [(self.worker_id, self._attempt, self._tickets.pop(o.id), o) for o in outs if o.id in self._tickets]
+            self.stats["unknown_outputs"] += len(outs) - len(items)
+            return items
+
+    def _engine_failed(self, error: Exception) -> list[Output]:
+        """`Output.failed` for every request in the engine (a batched step involves them all; partial tokens are
+        lost); clears the engine, or rebuilds it from the factory and the last weights if it cannot."""
+        self.stats["engine_errors"] += 1
+        why = f"worker {self.worker_id}: engine failed: {type(error).__name__}: {error}"
+        try:
+            self._engine.abort()
+        except Exception:  # noqa: BLE001
+            self._engine = self._factory(self.worker_id)
+            if self._weights is not None:
+                self._engine.update_weights(*self._weights)
+        return [Output.failed(i, why) for i in self._tickets]

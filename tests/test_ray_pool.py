@@ -1,0 +1,322 @@
+"""RayEnginePool on a real local Ray cluster: parity with a local JaxEngine, back-pressure, weight updates, a worker
+killed mid-generation, abort, engine exceptions inside a worker, giving up after too many restarts.
+
+Workers run with ONE simulated CPU device (the test process has 8, see conftest.py) and the same matmul precision
+as the test process. Each worker process compiles its own functions (a compilation cache shared by the workers
+spares a restarted one most of that); the JAX pool is built once per module.
+"""
+
+import collections
+import dataclasses
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray
+from helpers import random_model
+from ray import cloudpickle
+
+import ringjax
+from rollout.jax_engine import JaxEngine, flat_weights, run_to_completion
+from rollout.ray_pool import RayEnginePool, WorkerPoolError
+from rollout.ray_worker import JaxEngineFactory, model_from_flat
+from rollout.types import Output, Request, SamplingParams
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test engines below travel to the workers
+
+WORKER_ENV = {"env_vars": {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+                           "JAX_DEFAULT_MATMUL_PRECISION": "highest"}}
+SLOTS, CONTEXT, CHUNK = 4, 64, 4
+
+
+class SlowEngine:
+    """Delegates to an engine, sleeping before each step, so that tests can act while generation is running."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    version = property(lambda self: self.inner.version)
+    stats = property(lambda self: self.inner.stats)
+
+    def step(self):
+        time.sleep(self.delay)
+        return self.inner.step()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowFactory:
+    inner: JaxEngineFactory
+    delay: float
+
+    def __call__(self, worker_id):
+        return SlowEngine(self.inner(worker_id), self.delay)
+
+
+class FakeEngine:
+    """Pure-Python engine: one token (its index) per request per step; a step holding a request whose id starts
+    with "boom" raises."""
+
+    def __init__(self, delay):
+        self.version, self.delay, self.stats, self.held = 0, delay, collections.Counter(), []
+
+    def submit(self, requests):
+        self.held += [(r, []) for r in requests]
+
+    def step(self):
+        time.sleep(self.delay)
+        if any(r.id.startswith("boom") for r, _ in self.held):
+            raise RuntimeError("boom")
+        for _, toks in self.held:
+            toks.append(len(toks))
+        done = [(r, t) for r, t in self.held if len(t) >= r.remaining]
+        self.held = [(r, t) for r, t in self.held if len(t) < r.remaining]
+        return [self._out(r, t, "length") for r, t in done]
+
+    def abort(self, ids=None):
+        out = [self._out(r, t, "abort") for r, t in self.held if ids is None or r.id in ids]
+        self.held = [(r, t) for r, t in self.held if not (ids is None or r.id in ids)]
+        return out
+
+    def _out(self, r, toks, finish):
+        return Output(r.id, toks, np.zeros(len(toks)), np.full(len(toks), self.version), finish)
+
+    def update_weights(self, weights, version):
+        self.version = version
+
+    def num_pending(self):
+        return len(self.held)
+
+    def close(self):
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeFactory:
+    delay: float = 0.01
+
+    def __call__(self, worker_id):
+        return FakeEngine(self.delay)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        owns = not ray.is_initialized()
+        if owns:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, logging_level="warning")
+        yield
+        if owns:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return ringjax.preset("tiny-v2")
+
+
+@pytest.fixture(scope="module")
+def weights(cfg):
+    """Two weight sets, as the host numpy arrays a trainer would publish."""
+    return [{k: np.asarray(v) for k, v in flat_weights(random_model(cfg, seed)).items()} for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def local(cfg, weights):
+    return JaxEngine(model_from_flat(cfg, weights[0]), slots=SLOTS, max_context=CONTEXT, decode_chunk=CHUNK)
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, cfg, weights, tmp_path_factory):
+    factory = JaxEngineFactory(cfg, weights[0], slots=SLOTS, max_context=CONTEXT, decode_chunk=CHUNK)
+    # A compilation cache shared by the workers: a restarted worker loads what its previous process compiled.
+    env = {"env_vars": {**WORKER_ENV["env_vars"], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}}
+    p = RayEnginePool(SlowFactory(factory, 0.05), 2, queue_size=2, max_restarts=3, runtime_env=env)
+    yield p
+    p.close()
+
+
+def make_requests(prefix, n, max_tokens, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Request(f"{prefix}{i}", rng.integers(1, 512, size=int(rng.integers(3, 13))),
+                    SamplingParams(temperature=0.0, max_tokens=max_tokens)) for i in range(n)]
+
+
+def reference(local, requests, weights, version):
+    local.update_weights(weights, version)
+    return run_to_completion(local, requests)
+
+
+def drain(pool, n, timeout=120.0):
+    """Steps the pool until `n` outputs have come out; returns them in arrival order."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} outputs after {timeout} s"
+        out += pool.step()
+    return out
+
+
+def assert_same(got, want):
+    assert got.finish == want.finish
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.versions, want.versions)
+
+
+def pings(pool):
+    return ray.get([w.ping.remote() for w in pool.workers])
+
+
+def attempt(pool, k):
+    """Worker k's attempt, or None while Ray restarts it (it refuses calls then)."""
+    try:
+        return ray.get(pool.workers[k].ping.remote())["attempt"]
+    except ray.exceptions.ActorUnavailableError:
+        return None
+
+
+def wait_for(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_greedy_outputs_equal_local_engine(pool, local, weights):
+    pool.update_weights(weights[0], 0)
+    requests = make_requests("p", 10, 16)
+    got = run_to_completion(pool, requests)
+    want = reference(local, requests, weights[0], 0)
+    assert set(got) == set(want)
+    for i in want:
+        assert_same(got[i], want[i])
+    assert all(p["engine_stats"].get("prefilled", 0) > 0 for p in pings(pool)), "both workers should generate"
+    assert pool.num_pending() == 0
+
+
+def test_back_pressure_blocks_workers_and_loses_nothing(pool, local, weights):
+    pool.update_weights(weights[0], 0)
+    requests = make_requests("b", 10, 4, seed=1)
+    pool.submit(requests)
+    wait_for(lambda: sum(p["held"] for p in pings(pool)) > 0, what="a worker blocked on the full queue")
+    duplicates = pool.stats["duplicates"]
+    got = drain(pool, len(requests))
+    assert sorted(o.id for o in got) == sorted(r.id for r in requests)
+    want = reference(local, requests, weights[0], 0)
+    for o in got:
+        assert_same(o, want[o.id])
+    assert pool.stats["duplicates"] == duplicates and pool.num_pending() == 0
+
+
+def test_update_weights_tags_later_tokens(pool, local, weights):
+    pool.update_weights(weights[0], 0)
+    requests = make_requests("u", 8, 40, seed=2)
+    pool.submit(requests)
+    before = sum(p["engine_stats"].get("tokens", 0) for p in pings(pool))
+    wait_for(lambda: sum(p["engine_stats"].get("tokens", 0) for p in pings(pool)) > before, what="first tokens")
+    pool.update_weights(weights[1], 1)
+    assert pool.version == 1
+    got = drain(pool, len(requests))
+    assert all(np.all(np.diff(o.versions) >= 0) for o in got)
+    assert any(o.versions[0] == 0 and o.versions[-1] == 1 for o in got), "a request should span the update"
+
+    pool.update_weights(ray.put(weights[1]), 2)  # weights the caller put into the object store itself
+    later = make_requests("v", 6, 12, seed=3)
+    got = run_to_completion(pool, later)
+    want = reference(local, later, weights[1], 2)
+    for i in want:
+        assert np.all(got[i].versions == 2)
+        assert_same(got[i], want[i])
+
+
+def test_killed_worker_requests_are_reissued_exactly_once(pool, local, weights):
+    pool.update_weights(weights[0], 0)
+    restarts, reissued = pool.stats["restarts"], pool.stats["reissued"]
+    requests = make_requests("k", 16, 24, seed=4)
+    pool.submit(requests)
+    got = drain(pool, 1)
+    victim = int(np.argmax(pool.loads()))
+    assert pool.loads()[victim] > 0
+    ray.kill(pool.workers[victim], no_restart=False)
+    got += drain(pool, len(requests) - len(got))
+    time.sleep(0.3)
+    got += pool.step()  # nothing may come twice
+    assert sorted(o.id for o in got) == sorted(r.id for r in requests)
+    want = reference(local, requests, weights[0], 0)
+    for o in got:
+        assert_same(o, want[o.id])  # a reissued request restarts from its original Request
+    assert pool.stats["restarts"] == restarts + 1 and pool.stats["reissued"] > reissued
+    wait_for(lambda: (pool.step(), attempt(pool, victim))[1] == 1, what="the worker to come back")
+    again = make_requests("a", 2, 8, seed=5)
+    assert set(run_to_completion(pool, again)) == {r.id for r in again}
+
+
+def test_abort_returns_partials_and_nothing_later(pool, local, weights):
+    pool.update_weights(weights[0], 0)
+    requests = make_requests("x", 8, 40, seed=6)
+    pool.submit(requests)
+    before = sum(p["engine_stats"].get("tokens", 0) for p in pings(pool))
+    wait_for(lambda: sum(p["engine_stats"].get("tokens", 0) for p in pings(pool)) > before, what="first tokens")
+    out = pool.abort()
+    assert sorted(o.id for o in out) == sorted(r.id for r in requests)
+    assert any(o.finish == "abort" and len(o.tokens) > 0 for o in out)
+    want = reference(local, requests, weights[0], 0)
+    for o in out:  # greedy: a partial is a prefix of the full response
+        np.testing.assert_array_equal(o.tokens, want[o.id].tokens[:len(o.tokens)])
+    assert pool.num_pending() == 0
+
+    some = make_requests("y", 6, 24, seed=7)
+    pool.submit(some)
+    aborted = pool.abort([r.id for r in some[:3]])
+    assert sorted(o.id for o in aborted) == sorted(r.id for r in some[:3])
+    rest = drain(pool, 3)
+    assert sorted(o.id for o in rest) == sorted(r.id for r in some[3:])
+    duplicates = pool.stats["duplicates"]
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert pool.step() == []
+    assert pool.stats["duplicates"] == duplicates and pool.num_pending() == 0
+
+
+@pytest.fixture(scope="module")
+def fake_pool(cluster):
+    p = RayEnginePool(FakeFactory(), 1, queue_size=4, max_restarts=1, runtime_env=WORKER_ENV)
+    yield p
+    p.close()
+
+
+def test_engine_exception_fails_requests_and_worker_keeps_serving(fake_pool):
+    sp = SamplingParams(max_tokens=3)
+    got = run_to_completion(fake_pool, [Request("boom", [1], sp), Request("ok", [1], sp)])
+    assert {o.finish for o in got.values()} == {"error"}
+    assert "RuntimeError: boom" in got["boom"].error
+    got = run_to_completion(fake_pool, [Request("after", [1, 2], sp)])
+    assert got["after"].finish == "length" and list(got["after"].tokens) == [0, 1, 2]
+
+
+def test_stale_outputs_are_discarded_and_counted(fake_pool):
+    fake_pool.submit([Request("slow", [1], SamplingParams(max_tokens=50))])
+    queue, duplicates = fake_pool._queue, fake_pool.stats["duplicates"]
+    ticket = fake_pool._by_id["slow"]
+    queue.put((0, 99, ticket, Output("slow", [7], [0.0], [0], "stop")))  # from an attempt that never was
+    queue.put((0, 0, 10**9, Output("ghost", [7], [0.0], [0], "stop")))  # a ticket nobody holds
+    got = drain(fake_pool, 1)
+    assert [(o.id, len(o.tokens)) for o in got] == [("slow", 50)]
+    assert fake_pool.stats["duplicates"] == duplicates + 2
+
+
+def test_gives_up_after_too_many_restarts(fake_pool):
+    fake_pool.submit([Request("long", [1], SamplingParams(max_tokens=10_000))])
+    ray.kill(fake_pool.workers[0], no_restart=False)  # failure 1 of max_restarts=1: restarted, request reissued
+    wait_for(lambda: (fake_pool.step(), attempt(fake_pool, 0))[1] == 1, what="the restart")
+    assert fake_pool.stats["restarts"] == 1 and fake_pool.stats["reissued"] == 1
+    ray.kill(fake_pool.workers[0], no_restart=False)  # failure 2: one too many
+    with pytest.raises(WorkerPoolError, match="max_restarts=1"):
+        wait_for(lambda: fake_pool.step() and False, timeout=30, what="the pool to give up")
+    with pytest.raises(WorkerPoolError):
+        fake_pool.submit([Request("more", [1])])
