@@ -1,4 +1,10 @@
-"""Rollout side of ringjax: generation engines (embedded JAX, SGLang), Ray workers and trajectory queues.
+"""Rollout side of ringjax: generation engines, the C3PO++ scheduler, Ray workers, rewards and the code sandbox.
 
-Built on `ringjax.model`'s KV-cache path; see the README's roadmap for what is in place.
+- `rollout.types`: the engine interface (`Request`, `Output`, `SamplingParams`, `Engine`);
+- `rollout.jax_engine.JaxEngine`: the embedded engine (slot-based continuous batching on the trainer's mesh);
+- `rollout.sglang_engine.SGLangEngine`: one SGLang server per engine, bucketed weight sync from the trainer;
+- `rollout.ray_pool.RayEnginePool`: engines in Ray actors behind the same interface, results through a
+  `ray.util.queue.Queue`, dead workers restarted and their requests reissued;
+- `rollout.c3po_pp.C3POPlusPlus`: token-budgeted iterations with carry-over (and the synchronous baseline);
+- `rollout.rewards`: Math-Verify math rewards, sandboxed code rewards, `RewardPool`; `rollout.sandbox`: bubblewrap.
 """

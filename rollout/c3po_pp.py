@@ -12,16 +12,17 @@ Per iteration t (SPEC section 2), over any `rollout.types.Engine` (the in-proces
    and wait in the pool for iteration t + 1.
 
 Unit of completion: the GRPO group. A response that ends waits for its siblings, because the group's advantages
-need every reward; C counts a group's tokens once it is complete. Rewards are computed off the generation loop
-(an executor; the default runs them on a thread pool as groups complete) and collected at the end of the
-iteration; a reward function that raises or exceeds `reward_timeout_s` scores 0 and is counted.
+need every reward; C counts a group's tokens once it is complete. Rewards are computed off the generation loop:
+a complete group's responses are decoded and handed to a `rollout.rewards.RewardPool` at once, and the scores are
+collected at the end of the iteration (a reward function that raises or hangs scores 0 and is counted there).
 
 `mode="sync"` is the baseline: submit a batch of `omega` responses, wait until every one of them has ended,
 repeat until C >= phi; nothing carries over.
 
 Failures: a request the engine answers with `finish="error"` (empty or over-long prompt, a dead SGLang server)
 fails its whole group: the siblings are aborted, the group is counted in `stats["failed_groups"]` with the reason
-in `errors` (first few kept), and the run goes on.
+in `errors` (first few kept), and the run goes on. `MAX_FAILURES_IN_A_ROW` failed groups with none completing in
+between means the setup is broken (every request fails): the iteration raises, naming the first errors.
 
 `state_dict()` / `load_state_dict()` hold everything needed to continue the same partial rollouts after a
 restart (JSON-serialisable: it goes into the trainer's checkpoint). KV caches are not saved: a resumed
@@ -31,7 +32,6 @@ continuation is re-prefilled by the policy that continues it.
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -39,10 +39,12 @@ from typing import Literal
 import numpy as np
 
 from ringjax.data import PromptRecord
+from rollout.rewards import RewardPool
 from rollout.types import Engine, Output, Request, SamplingParams
 
-RewardFn = Callable[[PromptRecord, np.ndarray], float]
+Decode = Callable[[np.ndarray], str | bytes]  # response token ids -> text for the reward functions
 MAX_ERRORS_KEPT = 20
+MAX_FAILURES_IN_A_ROW = 64  # groups failing with no group completing in between: a broken setup, not bad prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +54,9 @@ class C3POPPConfig:
     sigma: int = 2  # iterations a rollout may span before it is dropped
     samples: int = 4  # responses per prompt (GRPO group size)
     mode: Literal["c3po++", "sync"] = "c3po++"
-    reward_timeout_s: float = 60.0
-    reward_workers: int = 4
 
     def __post_init__(self):
-        for name in ("phi", "omega", "sigma", "samples", "reward_workers"):
+        for name in ("phi", "omega", "sigma", "samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name}={getattr(self, name)} must be >= 1")
         if self.omega < self.samples:
@@ -108,11 +108,11 @@ class Finished:
 class C3POPlusPlus:
     """The rollout scheduler; `prompts` yields (record, prompt ids) and is only advanced to refill the pool."""
 
-    def __init__(self, cfg: C3POPPConfig, sampling: SamplingParams, prompts: Iterator[tuple[PromptRecord, list[int]]],
-                 reward_fn: RewardFn, executor: cf.Executor | None = None):
-        self.cfg, self.sampling, self.prompts, self.reward_fn = cfg, sampling, prompts, reward_fn
-        self._own_executor = executor is None
-        self.executor = executor or cf.ThreadPoolExecutor(cfg.reward_workers, thread_name_prefix="reward")
+    def __init__(self, cfg: C3POPPConfig, sampling: SamplingParams | Callable[[PromptRecord, int], SamplingParams],
+                 prompts: Iterator[tuple[PromptRecord, list[int]]], rewards: RewardPool, decode: Decode):
+        """`sampling` is one setting for every response, or a function of (record, sample index) that must
+        return the same setting each time it is asked (a continuation is asked again)."""
+        self.cfg, self.sampling, self.prompts, self.rewards, self.decode = cfg, sampling, prompts, rewards, decode
         self.iteration = 0
         self.groups: dict[str, Group] = {}  # the inference pool: groups with unfinished members
         self._next_group = 0
@@ -130,48 +130,61 @@ class C3POPlusPlus:
         engine.submit(carried)
         self.stats["resubmitted"] += len(carried)
         running = {r.id for r in carried}  # submitted, no output yet
-        completed, futures, count = [], [], 0
+        completed: list[tuple[Group, list]] = []
+        count, failures = 0, 0
         while count < self.cfg.phi:
             if self.cfg.mode == "c3po++" or not running:
                 running |= self._refill(engine, t, len(running), by_id)
             if not running:
                 break  # prompt source exhausted and nothing running
             for out in engine.step():
-                if out.id not in running:
-                    self.stats["stray_outputs"] += 1
-                    continue
-                running.discard(out.id)
-                g, m = by_id[out.id]
-                if g.id not in self.groups:
-                    continue  # a sibling of a group that failed in this same batch of outputs
-                if out.finish == "error":
-                    running -= self._fail(engine, g, out.error or "engine error")
-                    continue
-                m.extend(out)
-                m.done = out.finish in ("stop", "length")
-                self.stats["tokens_generated"] += len(out.tokens)
-                if g.complete:
-                    del self.groups[g.id]
-                    completed.append(g)
-                    count += g.response_tokens()
-                    futures.append(self.executor.submit(self._score, g))
+                done = self._take(engine, out, running, by_id, completed)
+                if done is None:
+                    failures += 1
+                    if failures >= MAX_FAILURES_IN_A_ROW:
+                        engine.abort()
+                        raise RuntimeError(f"rollout: {failures} prompt groups failed in a row with none "
+                                           f"completing; first errors: {self.errors[:3]}")
+                elif done:
+                    failures, count = 0, count + done.response_tokens()
+        # interrupt: partial outputs wait for the next iteration; an engine may also hand back outputs that had
+        # already ended (or failed) before the abort reached them, which count like any other
         for out in engine.abort():
-            g, m = by_id.get(out.id, (None, None))
-            if g is not None and g.id in self.groups:
-                m.extend(out)
-                self.stats["tokens_generated"] += len(out.tokens)
+            self._take(engine, out, running, by_id, completed)
         self.iteration += 1
         self.stats["iterations"] += 1
         self.stats["completed_groups"] += len(completed)
-        return [Finished(g, self._rewards(f, g)) for g, f in zip(completed, futures)]
+        return [Finished(g, [f.result().score for f in fs]) for g, fs in completed]
 
-    def close(self) -> None:
-        if self._own_executor:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+    def _take(self, engine: Engine, out: Output, running: set[str], by_id: dict,
+              completed: list) -> Group | bool | None:
+        """Records one output. Returns the group it completed, None if it failed its group, else False."""
+        if out.id not in running:
+            self.stats["stray_outputs"] += 1
+            return False
+        running.discard(out.id)
+        g, m = by_id[out.id]
+        if g.id not in self.groups:
+            return False  # a sibling of a group that failed earlier in this same batch of outputs
+        if out.finish == "error":
+            running -= self._fail(engine, g, out.error or "engine error")
+            return None
+        m.extend(out)
+        m.done = out.finish in ("stop", "length")
+        self.stats["tokens_generated"] += len(out.tokens)
+        if not g.complete:
+            return False
+        del self.groups[g.id]
+        futures = self.rewards.submit([(g.record, self.decode(np.asarray(x.tokens, np.int32))) for x in g.members])
+        completed.append((g, futures))
+        return g
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _request(self, g: Group, m: Member) -> Request:
-        return Request(m.id, np.asarray(g.prompt, np.int32), self.sampling, np.asarray(m.tokens, np.int32))
+        sampling = self.sampling
+        if callable(sampling):
+            sampling = sampling(g.record, g.members.index(m))
+        return Request(m.id, np.asarray(g.prompt, np.int32), sampling, np.asarray(m.tokens, np.int32))
 
     def _retire(self, t: int) -> None:
         for g in list(self.groups.values()):
@@ -209,27 +222,6 @@ class C3POPlusPlus:
             self.errors.append(f"group {g.id} (prompt {g.record.id}): {error}")
         siblings = [m.id for m in g.members if not m.done]
         return {o.id for o in engine.abort(siblings)} if siblings else set()
-
-    def _score(self, g: Group) -> list[float]:
-        return [self._one_reward(g.record, np.asarray(m.tokens, np.int32)) for m in g.members]
-
-    def _one_reward(self, record: PromptRecord, tokens: np.ndarray) -> float:
-        try:
-            return float(self.reward_fn(record, tokens))
-        except Exception as e:  # a reward function's bug must not stop the run: score 0, count, keep the reason
-            self.stats["reward_errors"] += 1
-            if len(self.errors) < MAX_ERRORS_KEPT:
-                self.errors.append(f"reward of prompt {record.id}: {type(e).__name__}: {e}")
-            return 0.0
-
-    def _rewards(self, future: cf.Future, g: Group) -> list[float]:
-        try:
-            return future.result(timeout=self.cfg.reward_timeout_s)
-        except cf.TimeoutError:
-            self.stats["reward_timeouts"] += 1
-            if len(self.errors) < MAX_ERRORS_KEPT:
-                self.errors.append(f"reward of group {g.id} exceeded {self.cfg.reward_timeout_s} s")
-            return [0.0] * len(g.members)
 
     # -- checkpoint ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -44,7 +44,7 @@ from ringjax.typing import Array, Float, Int
 from rollout.sampling import sample_rows
 from rollout.types import Output, Request, check_request
 
-MAX_STOP_IDS = 16
+MAX_STOP_IDS = 32
 
 
 def _bucket(n: int, lo: int = 1) -> int:

@@ -74,6 +74,18 @@ class JaxEngineFactory:
                          decode_chunk=self.decode_chunk, seed=seed, version=self.version)
 
 
+@dataclasses.dataclass(frozen=True)
+class SGLangEngineFactory:
+    """Starts one SGLang server per worker (each on a free port of its node) from the same checkpoint folder."""
+
+    config: Any  # rollout.sglang_engine.SGLangConfig
+    model_config: LingConfig | None = None
+
+    def __call__(self, worker_id: int = 0):
+        from rollout.sglang_engine import SGLangEngine
+        return SGLangEngine(self.config, model_config=self.model_config)
+
+
 class StaleAttempt(RuntimeError):
     """`run` was started for an attempt the worker is not in (it was restarted in between)."""
 

@@ -11,9 +11,11 @@ from helpers import random_model
 
 import ringjax
 from ringjax.data import PromptRecord
+from ringjax.data.tokenize import ByteTokenizer
 from ringjax.generate import greedy
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig
 from rollout.jax_engine import JaxEngine
+from rollout.rewards import RewardPool
 from rollout.types import SamplingParams
 
 MAX_TOKENS = 24
@@ -31,8 +33,9 @@ def _source(vocab, n=200, seed=0, lens=(3, 9)):
         yield PromptRecord(id=f"p{i}", prompt=f"prompt {i}", domain="math", answer="0"), ids
 
 
-def _reward(record, tokens):
-    return float(np.mean(tokens % 2 == 0)) if len(tokens) else 0.0
+def _reward(record, text):
+    data = np.frombuffer(text.encode(), np.uint8)
+    return float(np.mean(data % 2 == 0)) if len(data) else 0.0
 
 
 def _stop_ids(vocab, k=16):
@@ -40,10 +43,11 @@ def _stop_ids(vocab, k=16):
     return tuple(range(2, 2 + k)) if vocab > 2 + k else (2,)
 
 
-def _sched(model, cfg, temperature=1.0, source=None, reward=_reward):
+def _sched(model, cfg, temperature=1.0, source=None, reward=_reward, timeout_s=60.0):
     sampling = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS,
                               stop_ids=_stop_ids(model.config.vocab_size))
-    return C3POPlusPlus(cfg, sampling, source or _source(model.config.vocab_size), reward)
+    return C3POPlusPlus(cfg, sampling, source or _source(model.config.vocab_size),
+                        RewardPool(reward, workers=2, timeout_s=timeout_s), ByteTokenizer().decode_bytes)
 
 
 def _accounted(s: C3POPlusPlus) -> int:
@@ -149,15 +153,22 @@ def test_bad_prompts_and_reward_failures_are_counted_and_the_run_goes_on(model):
             time.sleep(3)
         return 1.0
 
-    cfg = C3POPPConfig(phi=40, omega=8, sigma=3, samples=2, reward_timeout_s=1.0)
-    s = _sched(model, cfg, source=source, reward=reward)
+    cfg = C3POPPConfig(phi=40, omega=8, sigma=3, samples=2)
+    s = _sched(model, cfg, source=source, reward=reward, timeout_s=1.0)
     engine = JaxEngine(model, slots=8, max_context=64, decode_chunk=4)
     done = [f for _ in range(3) for f in s.run_iteration(engine)]
     assert s.stats["failed_groups"] == 2
     assert any("empty prompt" in e for e in s.errors) and any("exceeds the engine's context" in e for e in s.errors)
     by_prompt = {f.group.record.id: f.rewards for f in done}
-    assert by_prompt["p0"] == [0.0, 0.0] and s.stats["reward_errors"] == 2
-    assert by_prompt["p1"] == [0.0, 0.0] and s.stats["reward_timeouts"] == 1
+    assert by_prompt["p0"] == [0.0, 0.0] and s.rewards.stats["errors"] == 2
+    assert by_prompt["p1"] == [0.0, 0.0] and s.rewards.stats["timeouts"] == 2
     assert any(r == [1.0, 1.0] for r in by_prompt.values())
     assert _accounted(s) == s.stats["groups_started"]
-    s.close()
+    s.rewards.close()
+
+
+def test_a_setup_where_every_request_fails_stops_with_the_reason(model):
+    cfg = C3POPPConfig(phi=40, omega=8, sigma=3, samples=2)
+    s = _sched(model, cfg)
+    with pytest.raises(RuntimeError, match="failed in a row.*exceeds the engine's context"):
+        s.run_iteration(JaxEngine(model, slots=8, max_context=MAX_TOKENS + 2))

@@ -21,6 +21,7 @@ import ringjax
 from rollout.jax_engine import JaxEngine, flat_weights, run_to_completion
 from rollout.ray_pool import RayEnginePool, WorkerPoolError
 from rollout.ray_worker import JaxEngineFactory, model_from_flat
+from ringjax.data import PromptRecord
 from rollout.types import Output, Request, SamplingParams
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test engines below travel to the workers
@@ -320,3 +321,77 @@ def test_gives_up_after_too_many_restarts(fake_pool):
         wait_for(lambda: fake_pool.step() and False, timeout=30, what="the pool to give up")
     with pytest.raises(WorkerPoolError):
         fake_pool.submit([Request("more", [1])])
+
+
+class KillOnce:
+    """Steps `pool` and kills its busiest worker at the `at`-th step: a worker dying in the middle of an iteration."""
+
+    def __init__(self, pool, at):
+        self.pool, self.at, self.steps, self.killed = pool, at, 0, False
+
+    def step(self):
+        self.steps += 1
+        if self.steps == self.at and not self.killed:
+            victim = int(np.argmax(self.pool.loads()))
+            ray.kill(self.pool.workers[victim], no_restart=False)
+            self.killed = True
+        return self.pool.step()
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
+def test_c3po_pp_run_with_a_worker_killed_mid_iteration_accounts_for_every_prompt(pool, weights):
+    from ringjax.data.tokenize import ByteTokenizer
+    from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig
+    from rollout.rewards import RewardPool
+
+    pool.update_weights(weights[0], 0)
+    restarts = pool.stats["restarts"]
+    rng = np.random.default_rng(7)
+    source = [(PromptRecord(id=f"q{i}", prompt=str(i), domain="math", answer="0"),
+               rng.integers(2, 512, size=int(rng.integers(3, 10))).tolist()) for i in range(40)]
+    drawn = []
+
+    def prompts():
+        for item in source:
+            drawn.append(item[0].id)
+            yield item
+
+    sampling = SamplingParams(temperature=1.0, max_tokens=16, stop_ids=tuple(range(2, 34)))
+    with RewardPool(lambda record, text: float(len(text) % 2), workers=2) as rewards:
+        sched = C3POPlusPlus(C3POPPConfig(phi=48, omega=8, sigma=3, samples=2), sampling, prompts(), rewards,
+                             ByteTokenizer().decode_bytes)
+        engine = KillOnce(pool, at=3)
+        finished = []
+        for version in range(3):
+            pool.update_weights(weights[version % 2], version)
+            finished += sched.run_iteration(engine)
+    assert engine.killed and pool.stats["restarts"] == restarts + 1
+    completed = [f.group.record.id for f in finished]
+    in_flight = [g.record.id for g in sched.groups.values()]
+    assert sorted(completed + in_flight) == sorted(drawn) and len(set(completed)) == len(completed), \
+        (dict(sched.stats), sched.errors, dict(pool.stats))
+    assert sched.stats["failed_groups"] == 0 and sched.stats["dropped_groups"] == 0
+    for f in finished:
+        for m in f.group.members:
+            assert m.done and 1 <= len(m.tokens) <= 16 and len(m.tokens) == len(m.logprobs) == len(m.versions)
+            assert len(m.tokens) == 16 or m.tokens[-1] in sampling.stop_ids
+
+
+def test_rl_loop_with_ray_rollout_workers(cluster):
+    """`rollout.workers: 1`: the RL loop generates through a Ray worker and trains exactly phi tokens a step."""
+    import os
+
+    from ringjax.config_io import load_config
+    from ringjax.trainer.rl import RLConfig, train_rl
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(RLConfig, os.path.join(root, "configs", "tiny_rl.yaml"),
+                      ["steps=2", "checkpoint_every=0", "rollout.workers=1", "rollout.mode=c3po++"])
+    records = [PromptRecord(id=f"p{i}", prompt=f"What is {i} + {i}?", domain="math", answer=str(2 * i))
+               for i in range(6)]
+    result = train_rl(ringjax.create_model(ringjax.preset("tiny-v2"), seed=0), records,
+                      lambda record, text: float(len(text) % 3 == 0), cfg)
+    assert [h["tokens"] for h in result.history] == [cfg.phi, cfg.phi]
+    assert all(h["rollout_failed_groups"] == 0 for h in result.history)

@@ -24,9 +24,10 @@ RECORDS = [PromptRecord(id=f"p{i}", prompt=f"What is {i} + {i}?", domain="math",
            for i in range(10)]  # 5 batches of 2 per epoch: the runs cross an epoch boundary
 
 
-def even_tokens(record, ids):
-    """A dense toy reward (fraction of even token ids) so every group has non-zero advantages."""
-    return float(np.mean(np.asarray(ids) % 2 == 0))
+def even_tokens(record, text):
+    """A dense toy reward (fraction of even bytes of the response) so every group has non-zero advantages."""
+    data = np.frombuffer(text.encode(), np.uint8)
+    return float(np.mean(data % 2 == 0)) if len(data) else 0.0
 
 
 class Crash(Exception):
@@ -83,6 +84,38 @@ def test_kill_and_resume_is_exact(uninterrupted, tmp_path):
     for got, ref in zip(_flat_params(resumed.state), _flat_params(want.state), strict=True):
         np.testing.assert_array_equal(got, ref)
     assert int(resumed.state.step) == 5
+
+
+# C3PO++: 24 of the 512 ids end a response (about 4.5% a token), so lengths spread over 1..12 and an iteration
+# ends (>= phi tokens of complete groups) with groups part-generated: partial rollouts carry over into the next
+# policy version and into checkpoints
+CPP = dataclasses.replace(CFG, steps=4, stop_ids=tuple(range(2, 26)),
+                          rollout=dataclasses.replace(CFG.rollout, mode="c3po++", omega=16, decode_chunk=4))
+
+
+def test_c3po_pp_kill_and_resume_continues_the_same_partial_rollouts(tmp_path):
+    cfg = dataclasses.replace(CPP, checkpoint_every=1)
+    want = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=str(tmp_path / "a"))
+    assert all(h["tokens"] == PHI for h in want.history)
+    assert any(h["rollout_resubmitted"] > 0 for h in want.history)  # partial rollouts were continued...
+    assert any(h["version_lag_mean"] > 0 for h in want.history)  # ...and trained on under a newer policy
+    # crash right after the first checkpoint that holds partial rollouts
+    crash_at = next(h["step"] for h in want.history[:-1] if h["inflight_groups"] > 0)
+    run_dir = str(tmp_path / "b")
+
+    def crash(step, metrics):
+        if step == crash_at:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir, on_step=crash)
+    saved = json.load(open(os.path.join(run_dir, "checkpoints", str(crash_at), "rollout", "metadata")))
+    assert any(m["tokens"] and not m["done"] for g in saved["scheduler"]["groups"] for m in g["members"])
+    resumed = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir)
+    assert [h["step"] for h in resumed.history] == list(range(crash_at + 1, 5))
+    assert [h["prompt_ids"] for h in resumed.history] == [h["prompt_ids"] for h in want.history[crash_at:]]
+    for got, ref in zip(_flat_params(resumed.state), _flat_params(want.state), strict=True):
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_resume_refuses_another_model(uninterrupted, tmp_path):

@@ -290,3 +290,28 @@ def test_server_that_cannot_start_fails_fast(tmp_path):
         SGLangEngine(_config(str(broken), start_timeout_s=120), env=engine_env())
     assert time.monotonic() - start < 100
     assert "log tail" in str(err.value) and len(str(err.value)) > 200
+
+
+def test_rl_loop_generates_with_sglang_and_syncs_its_weights(tmp_path, monkeypatch):
+    """`rollout.engine: sglang`: the RL loop exports the starting model, serves it with SGLang and pushes the
+    weights after every update. With nothing carried over (sync mode, leftover dropped), every trained token was
+    sampled by the current weights, so the train-inference gap stays at float32 noise only if the sync worked."""
+    from ringjax.config_io import load_config
+    from ringjax.data import PromptRecord
+    from ringjax.trainer.rl import RLConfig, train_rl
+
+    for key in ("PYTHONPATH", "SGLANG_USE_CPU_ENGINE"):
+        monkeypatch.setenv(key, engine_env()[key])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(RLConfig, os.path.join(root, "configs", "tiny_rl.yaml"), [
+        "steps=2", "checkpoint_every=0", "leftover=drop", "rollout.engine=sglang",
+        "rollout.sglang={device: cpu, dtype: float32, max_total_tokens: 4096, fix_cpu_routed_scaling: true}"])
+    records = [PromptRecord(id=f"p{i}", prompt=f"What is {i} + {i}?", domain="math", answer=str(2 * i))
+               for i in range(6)]
+    result = train_rl(random_model(ringjax.preset("tiny-v2"), seed=3), records,
+                      lambda record, text: float(sum(text.encode()) % 2), cfg, run_dir=str(tmp_path / "run"))
+    assert [h["tokens"] for h in result.history] == [cfg.phi, cfg.phi]
+    assert all(h["rollout_failed_groups"] == 0 for h in result.history)
+    for h in result.history:
+        assert h["logp_diff_max"] < 1e-3, h["logp_diff_max"]
+    assert result.history[1]["grad_norm"] > 0

@@ -16,9 +16,12 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return [b + self.offset for b in text.encode("utf-8")]
 
+    def decode_bytes(self, ids) -> bytes:
+        """The raw bytes (pad / eos ids left out), possibly not valid UTF-8."""
+        return bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < 256 + self.offset)
+
     def decode(self, ids) -> str:
-        return bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < 256 + self.offset).decode(
-            "utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     @property
     def vocab_size(self) -> int:

@@ -1,20 +1,28 @@
 """The RL loop: rollouts -> C3PO steps of exactly phi tokens -> IcePop-masked update -> metrics -> checkpoint.
 
-Per step: draw prompt batches from the grain pipeline and sample `samples_per_prompt` responses each with the
-current policy until the pool holds at least phi response tokens; take exactly phi of them (`assemble_step`);
-train once; log; save every `checkpoint_every` steps. What the step did not take (the cut tail and untaken
-responses) stays in the pool for the next step (`leftover="keep"`, their tokens carry the policy version that
-sampled them and IcePop weighs the mismatch) or is dropped and counted (`leftover="drop"`, Ring-lite's C3PO).
+Per step: hand the engine the current policy (version = step), then run rollout iterations of the scheduler
+(`rollout.c3po_pp`: C3PO++ with carry-over, or whole synchronous batches) until the training pool holds at least
+phi response tokens of complete GRPO groups; take exactly phi of them (`assemble_step`); train once; log; save
+every `checkpoint_every` steps. What the step did not take (the cut tail and untaken responses) stays in the pool
+for the next step (`leftover="keep"`, their tokens carry the policy version that sampled them and IcePop weighs
+the mismatch) or is dropped and counted (`leftover="drop"`, Ring-lite's C3PO).
 
-A checkpoint holds the train state (params, optimiser, step, skip count, RNG), the grain iterator position,
-the pool and the rollout counter, so a resumed run continues exactly: same prompts, same samples, same
-parameters as a run that was never interrupted.
+The engine is the embedded JAX engine in this process, on the trainer's mesh (a weight update hands it the live
+arrays: no copy), or `rollout.workers` Ray actors each with their own engine (weights shipped once per step
+through the object store).
+
+A checkpoint holds the train state (params, optimiser, step, skip count, RNG), the prompt stream position, the
+training pool and the scheduler's partial rollouts, so a resumed run continues exactly: same prompts, same
+samples, same parameters as a run that was never interrupted (in-process engine; Ray workers finish in
+whatever order they finish).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -22,7 +30,7 @@ from typing import Literal
 import jax
 import numpy as np
 
-from ringjax.data import PromptRecord, build_prompt_batches, iterator_state, restore_iterator
+from ringjax.data import PromptRecord, build_prompt_batches, restore_iterator
 from ringjax.data.tokenize import ByteTokenizer
 from ringjax.losses import LossConfig
 from ringjax.model import Ling
@@ -32,10 +40,19 @@ from ringjax.trainer.c3po import assemble_step, pack_micro_batches, response_tok
 from ringjax.trainer.checkpoint import Checkpointer
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
-from ringjax.trainer.rollout import RewardFn, decode_pool, encode_pool, encode_prompts, rollout
+from ringjax.trainer.rollout import PromptStream, decode_pool, encode_pool, to_responses
 from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
                                    merge_model, restore_train_state, split_model)
 from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
+from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig, Decode
+from rollout.config import RolloutConfig
+from rollout.jax_engine import JaxEngine, flat_weights
+from rollout.rewards import RewardFn, RewardPool
+from rollout.types import SamplingParams
+
+SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted",
+                    "tokens_generated")
+REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +66,7 @@ class RLConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     eos_id: int | None = None
+    stop_ids: tuple[int, ...] = ()  # further ids that end a response (chat end-of-turn tokens), besides eos_id
     rows: int = 8  # micro-batch rows
     seq_len: int = 64  # micro-batch row length
     leftover: Literal["keep", "drop"] = "keep"
@@ -58,6 +76,17 @@ class RLConfig:
     keep_checkpoints: int = 3
     loss: LossConfig = LossConfig(phi=256)
     optim: OptimConfig = OptimConfig()
+    rollout: RolloutConfig = RolloutConfig()
+
+    @property
+    def omega(self) -> int:
+        """Inference pool capacity in responses."""
+        return self.rollout.omega or self.prompts_per_batch * self.samples_per_prompt
+
+    def scheduler(self) -> C3POPPConfig:
+        r = self.rollout
+        return C3POPPConfig(phi=self.phi, omega=self.omega, sigma=r.sigma, samples=self.samples_per_prompt,
+                            mode=r.mode)
 
     def __post_init__(self):
         for name in ("steps", "phi", "prompts_per_batch", "samples_per_prompt", "max_prompt_len", "max_new_tokens",
@@ -75,6 +104,9 @@ class RLConfig:
             raise ValueError(f"rl.leftover={self.leftover!r} is not 'keep' or 'drop'")
         if self.checkpoint_every < 0:
             raise ValueError(f"rl.checkpoint_every={self.checkpoint_every} must be >= 0")
+        if self.omega < self.samples_per_prompt:
+            raise ValueError(f"rl.rollout.omega={self.omega} cannot hold one group of samples_per_prompt="
+                             f"{self.samples_per_prompt}")
 
 
 @dataclasses.dataclass
@@ -83,16 +115,45 @@ class RLResult:
     history: list[dict]  # per step: metrics and the prompt ids drawn for it
 
 
+def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
+    """The rollout engine of a run: embedded JAX (in this process or in Ray workers) or SGLang servers."""
+    r = cfg.rollout
+    slots = r.slots or cfg.omega
+    if r.engine == "sglang":
+        from ringjax.hf import save_pretrained
+        from rollout.sglang_engine import SGLangConfig, SGLangEngine
+        path = os.path.join(run_dir or tempfile.mkdtemp(prefix="ringjax_rollout_"), "rollout_init_hf")
+        save_pretrained(model, path, overwrite=True)  # the servers start from the starting weights
+        sg = SGLangConfig(model_path=path, **r.sglang)
+        if not r.workers:
+            return SGLangEngine(sg, model_config=model.config)
+        from rollout.ray_pool import RayEnginePool
+        from rollout.ray_worker import SGLangEngineFactory
+        return RayEnginePool(SGLangEngineFactory(sg, model.config), r.workers, queue_size=r.queue_size,
+                             address=r.ray_address)
+    if r.workers:
+        from rollout.ray_pool import RayEnginePool
+        from rollout.ray_worker import JaxEngineFactory
+        weights = {k: np.asarray(v) for k, v in flat_weights(model).items()}
+        factory = JaxEngineFactory(model.config, weights, slots=slots,
+                                   max_context=cfg.max_prompt_len + cfg.max_new_tokens, decode_chunk=r.decode_chunk,
+                                   seed=cfg.seed)
+        return RayEnginePool(factory, r.workers, queue_size=r.queue_size, address=r.ray_address)
+    return JaxEngine(model, slots=slots, max_context=cfg.max_prompt_len + cfg.max_new_tokens,
+                     decode_chunk=r.decode_chunk, seed=cfg.seed, mesh=mesh)
+
+
 def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, cfg: RLConfig, *,
              run_dir: str | None = None, mesh=None, encode: Callable[[str], list[int]] | None = None,
-             on_step: Callable[[int, dict], None] | None = None) -> RLResult:
+             decode: Decode | None = None, on_step: Callable[[int, dict], None] | None = None) -> RLResult:
     """Runs (or resumes, when `run_dir` holds a checkpoint) RL until `cfg.steps` optimisation steps are done.
 
-    `encode` turns a prompt into token ids (default: `ByteTokenizer`); `on_step(step, metrics)` runs after each
-    step (and its checkpoint save)."""
+    `reward_fn(record, response_text) -> float` (e.g. `rollout.rewards.RewardRouter()`); `encode` / `decode` map
+    prompt text to ids and response ids to text or bytes (default: `ByteTokenizer`); `on_step(step, metrics)` runs
+    after each step (and its checkpoint save)."""
     encode = encode or ByteTokenizer().encode
-    check_rows(mesh, {"rl.rows": cfg.rows,
-                      "rl.prompts_per_batch * samples_per_prompt": cfg.prompts_per_batch * cfg.samples_per_prompt})
+    decode = decode or ByteTokenizer().decode_bytes
+    check_rows(mesh, {"rl.rows": cfg.rows, "rl.rollout.slots": cfg.rollout.slots or cfg.omega})
     tx = make_optimizer(cfg.optim)
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
@@ -102,36 +163,42 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     _, ref_params, ref_frozen = split_model(model)
     score = make_score_fn(graphdef, cfg.temperature) if cfg.loss.kl_coef > 0 else None
     batches = build_prompt_batches(records, cfg.prompts_per_batch, cfg.seed, weights=cfg.domain_weights)
-    it, pool, rollouts = iter(batches), [], 0
+    stream, pool = PromptStream(iter(batches), encode), []
+    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                              tuple(cfg.stop_ids) + (() if cfg.eos_id is None else (cfg.eos_id,)))
+    rewards = RewardPool(reward_fn, workers=cfg.rollout.reward_workers, timeout_s=cfg.rollout.reward_timeout_s)
+    sched = C3POPlusPlus(cfg.scheduler(), sampling, stream, rewards, decode)
     ckpt = None
     if run_dir is not None and cfg.checkpoint_every:
         ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint_every,
                             keep=cfg.keep_checkpoints, meta=checkpoint_meta(model.config))
         if ckpt.latest_step() is not None:
             state, extras, _ = restore_train_state(ckpt, state)
-            it = restore_iterator(batches, extras["data"])
-            pool, rollouts = decode_pool(extras["pool"]["responses"]), int(extras["rollout"]["batches"])
+            stream = PromptStream(restore_iterator(batches, extras["data"]["data"]), encode,
+                                  [PromptRecord(**r) for r in extras["data"]["buffer"]])
+            sched.prompts = stream
+            sched.load_state_dict(extras["rollout"]["scheduler"])
+            pool = decode_pool(extras["pool"]["responses"])
     writer = MetricsWriter(os.path.join(run_dir, "logs") if run_dir else "", enabled=run_dir is not None and
                            jax.process_index() == 0)
+    engine = None
     history = []
     try:
+        engine = _engine(model, cfg, mesh, run_dir)
         while int(state.step) < cfg.steps:
             t0 = time.perf_counter()
-            step, prompt_ids, new_tokens, too_long = int(state.step), [], 0, 0
-            policy = merge_model(graphdef, state.params, state.frozen)
-            while response_tokens(pool) < cfg.phi:
-                drawn = next(it)
-                kept, ids, skipped = encode_prompts(drawn, encode, cfg.max_prompt_len)
-                too_long += skipped
-                with use_mesh(mesh):
-                    new = rollout(policy, kept, ids, reward_fn, jax.random.fold_in(state.rng, rollouts),
-                                  samples=cfg.samples_per_prompt, width=cfg.max_prompt_len,
-                                  max_new_tokens=cfg.max_new_tokens, loss=cfg.loss, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, eos_id=cfg.eos_id, version=step)
-                rollouts += 1
-                prompt_ids += [r.id for r in drawn]
-                new_tokens += response_tokens(new)
-                pool += new
+            step, before, scored = int(state.step), collections.Counter(sched.stats), rewards.stats
+            engine.update_weights(merge_model(graphdef, state.params, state.frozen), version=step)
+            if isinstance(engine, JaxEngine):
+                engine.reseed(jax.random.fold_in(state.rng, step))
+            stream.drawn = []
+            with use_mesh(mesh):
+                while response_tokens(pool) < cfg.phi:
+                    finished = sched.run_iteration(engine)
+                    if not finished and sched.exhausted:
+                        raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} of phi={cfg.phi} "
+                                           f"tokens collected; rollout errors: {sched.errors[:3]}")
+                    pool += to_responses(finished, cfg.loss)
             t_rollout = time.perf_counter() - t0
             taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
             pool = leftover if cfg.leftover == "keep" else []
@@ -143,26 +210,30 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 state, sums = step_fn(state, batch)
             metrics = finalize_metrics(jax.device_get(sums))
             elapsed = time.perf_counter() - t0
+            versions = np.concatenate([r.versions for r in taken.responses])
             metrics.update(
                 reward_mean=float(np.mean([r.reward for r in taken.responses])),
                 response_len_mean=float(np.mean([len(r) + r.offset for r in taken.responses])),
-                stale_tokens_frac=float(np.mean(np.concatenate([r.versions for r in taken.responses]) < step)),
-                rollout_tokens=new_tokens, pool_tokens=response_tokens(pool),
+                stale_tokens_frac=float(np.mean(versions < step)), version_lag_mean=float(np.mean(step - versions)),
+                pool_tokens=response_tokens(pool), inflight_groups=len(sched.groups),
                 dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
-                prompts_too_long=too_long, rollout_s=t_rollout, step_s=elapsed,
-                tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped))
+                rollout_s=t_rollout, step_s=elapsed, tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped),
+                **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
+                **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS})
             writer.write(step + 1, metrics)
-            history.append({"step": step + 1, "prompt_ids": prompt_ids, **metrics})
+            history.append({"step": step + 1, "prompt_ids": list(stream.drawn), **metrics})
             if ckpt is not None and ckpt.should_save(step + 1):
-                extras = {"data": iterator_state(it), "pool": {"responses": encode_pool(pool)},
-                          "rollout": {"batches": rollouts}}
+                extras = {"data": stream.state(), "pool": {"responses": encode_pool(pool)},
+                          "rollout": {"scheduler": sched.state_dict()}}
                 ckpt.save(step + 1, flatten_state(state), extras=extras)
             if on_step is not None:
                 on_step(step + 1, metrics)
     finally:
+        rewards.close()
+        if engine is not None:
+            engine.close()
         if ckpt is not None:
             ckpt.wait()
             ckpt.close()
         writer.close()
     return RLResult(state, history)
-

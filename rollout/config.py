@@ -1,0 +1,40 @@
+"""Rollout settings of an RL run (the `rollout:` section of a run config)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    mode: Literal["c3po++", "sync"] = "sync"  # sync: wait for whole batches (Ring-lite); c3po++: Ring-1T
+    engine: Literal["jax", "sglang"] = "jax"  # jax: the embedded engine; sglang: one SGLang server per engine
+    sglang: dict[str, Any] = dataclasses.field(default_factory=dict)  # SGLangConfig fields (dtype, device, ...)
+    omega: int = 0  # inference pool capacity in responses; 0: prompts_per_batch * samples_per_prompt
+    sigma: int = 2  # c3po++: iterations a rollout may span before it is dropped (counted)
+    slots: int = 0  # embedded engine: KV-cache rows decoded together; 0: omega
+    decode_chunk: int = 8  # embedded engine: decode steps per jitted call (slots are refilled between calls)
+    workers: int = 0  # Ray rollout workers (each with its own engine); 0: the engine runs in the trainer process
+    ray_address: str | None = None  # join this Ray cluster; None: start a local one
+    queue_size: int = 256  # Ray trajectory queue capacity (back-pressure on the workers)
+    reward_workers: int = 4  # threads scoring complete groups while generation goes on
+    reward_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if self.mode not in ("c3po++", "sync"):
+            raise ValueError(f"rollout.mode={self.mode!r} is not 'c3po++' or 'sync'")
+        if self.engine not in ("jax", "sglang"):
+            raise ValueError(f"rollout.engine={self.engine!r} is not 'jax' or 'sglang'")
+        if self.sglang and self.engine != "sglang":
+            raise ValueError("rollout.sglang settings are given but rollout.engine is not 'sglang'")
+        if "model_path" in self.sglang:
+            raise ValueError("rollout.sglang.model_path is set by the trainer (it exports the starting model)")
+        for name in ("omega", "slots", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"rollout.{name}={getattr(self, name)} must be >= 0")
+        for name in ("sigma", "decode_chunk", "queue_size", "reward_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name}={getattr(self, name)} must be >= 1")
+        if self.reward_timeout_s <= 0:
+            raise ValueError(f"rollout.reward_timeout_s={self.reward_timeout_s} must be > 0")

@@ -1,0 +1,29 @@
+"""Benchmark scripts run end to end at minimal sizes (the shape of what they report, not their numbers)."""
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rollout_bench_compares_sync_and_c3po_pp(tmp_path):
+    bench = _load("rollout_bench")
+    out = tmp_path / "rollout.json"
+    summary = bench.main(["--phi", "16", "--omega", "4", "--samples", "2", "--sigmas", "2", "--median", "3",
+                          "--max-tokens", "8", "--prompt-len", "4", "--rows", "2", "--steps", "1",
+                          "--warmup-steps", "0", "--no-prewarm", "--out", str(out)])
+    assert json.loads(out.read_text())["ratios_sync_over_c3po"] == summary["ratios_sync_over_c3po"]
+    assert [(r["mode"], r["sigma"]) for r in summary["runs"]] == [("sync", None), ("c3po++", 2)]
+    for run in summary["runs"]:
+        assert run["length_mismatches"] == 0  # every completed response has exactly its drawn length
+        assert run["steps"][0]["trained_tokens"] == 16 and run["rollout_s"]["median"] > 0
+    assert set(summary["ratios_sync_over_c3po"]["c3po++ sigma=2"]) == {
+        "rollout_median", "rollout_mean", "e2e_median", "e2e_mean"}
