@@ -43,6 +43,7 @@ from ringjax.sharding import batch_shards, use_mesh
 from ringjax.typing import Array, Float, Int
 from rollout.sampling import sample_rows
 from rollout.types import Output, Request, check_request
+from rollout.weights import flat_key, flat_weights
 
 MAX_STOP_IDS = 32
 
@@ -105,13 +106,6 @@ class _Slot:
     logprobs: list[np.ndarray]
     versions: list[np.ndarray]
     emitted: int = 0
-
-
-def flat_weights(model_or_state: Ling | nnx.State) -> dict[str, Any]:
-    """{"moe_layers/wq": array, ...}: the engine-independent form of a model's weights (what workers receive)."""
-    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
-    return {"/".join(str(k) for k in path): leaf[...] if isinstance(leaf, nnx.Variable) else leaf
-            for path, leaf in nnx.to_flat_state(state)}
 
 
 class JaxEngine:
@@ -206,8 +200,8 @@ class JaxEngine:
                 raise ValueError(f"update_weights: {k} has shape {np.shape(v)}, the model {current[k].shape}")
         leaves = []
         for path, leaf in nnx.to_flat_state(self.state):
-            old = current["/".join(str(p) for p in path)]
-            value = jax.device_put(jnp.asarray(weights["/".join(str(p) for p in path)], old.dtype), old.sharding)
+            old = current[flat_key(path)]
+            value = jax.device_put(jnp.asarray(weights[flat_key(path)], old.dtype), old.sharding)
             leaves.append((path, leaf.replace(value) if isinstance(leaf, nnx.Variable) else value))
         return nnx.from_flat_state(leaves)
 

@@ -35,7 +35,7 @@ from flax import nnx
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.util.queue import Empty, Queue
 
-from rollout.jax_engine import flat_weights
+from rollout.weights import flat_weights
 from rollout.ray_worker import EngineFactory, Item, RolloutWorker
 from rollout.types import Output, Request
 

@@ -22,36 +22,16 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import ray
-from flax import nnx
 
-from ringjax.model import Ling, LingConfig, abstract_model
+from ringjax.model import LingConfig
 from rollout.jax_engine import JaxEngine
 from rollout.types import Engine, Output, Request
+from rollout.weights import model_from_flat
 
 EngineFactory = Callable[[int], Engine]  # worker id -> engine; must pickle (it travels to the actor)
 Item = tuple[int, int, int, Output]  # (worker id, attempt, ticket, output)
-
-
-def model_from_flat(config: LingConfig, weights: Mapping[str, Any]) -> Ling:
-    """A `config`-shaped model holding `weights` ({path: array}, the form `flat_weights` makes); no init compile."""
-    graphdef, abstract = nnx.split(abstract_model(config))
-    leaves = list(nnx.to_flat_state(abstract))
-    names = ["/".join(str(p) for p in path) for path, _ in leaves]
-    missing, extra = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
-    if missing or extra:
-        raise ValueError(f"model_from_flat: missing {missing[:3]}, unexpected {extra[:3]}")
-    out = []
-    for name, (path, leaf) in zip(names, leaves):
-        spec = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
-        value = np.asarray(weights[name])
-        if value.shape != tuple(spec.shape):
-            raise ValueError(f"model_from_flat: {name} has shape {value.shape}, the model {tuple(spec.shape)}")
-        value = jnp.asarray(value, spec.dtype)
-        out.append((path, leaf.replace(value) if isinstance(leaf, nnx.Variable) else value))
-    return nnx.merge(graphdef, nnx.from_flat_state(out))
 
 
 @dataclasses.dataclass(frozen=True)

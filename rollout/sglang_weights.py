@@ -26,43 +26,20 @@ import numpy as np
 from flax import nnx
 
 from ringjax.hf.save import hf_tensors
-from ringjax.model import LingConfig, abstract_model
+from ringjax.model import LingConfig
 from ringjax.model.model import Ling
+from rollout.weights import flat_weights, model_from_flat
 
 NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
                 "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 FLOATS = ("float64", "float32", "float16", "bfloat16")
 
 
-def flat_key(path: tuple) -> str:
-    """The flat-weights key of an `nnx.to_flat_state` path ("moe_layers/wq"), as `JaxEngine` and the trainer use."""
-    return "/".join(str(k) for k in path)
-
-
 def as_model(weights: Ling | nnx.State | Mapping[str, Any], config: LingConfig) -> Ling:
     """A `Ling` from a model (as is), its `nnx.State`, or flat weights {"moe_layers/wq": array}."""
     if isinstance(weights, Ling):
         return weights
-    if isinstance(weights, nnx.State):
-        weights = {flat_key(p): v[...] if isinstance(v, nnx.Variable) else v for p, v in nnx.to_flat_state(weights)}
-    return model_from_flat(weights, config)
-
-
-def model_from_flat(weights: Mapping[str, Any], config: LingConfig) -> Ling:
-    """A `Ling` whose parameters are the given arrays (numpy or jax, used as they are: nothing is copied)."""
-    graphdef, abstract = nnx.split(abstract_model(config))
-    flat = dict(nnx.to_flat_state(abstract))
-    keys = {flat_key(p): p for p in flat}
-    missing, extra = sorted(set(keys) - set(weights)), sorted(set(weights) - set(keys))
-    if missing or extra:
-        raise ValueError(f"weights do not match the engine's model: missing {missing[:3]}, unexpected {extra[:3]}")
-    loaded = {}
-    for key, path in keys.items():
-        value = weights[key]
-        if tuple(np.shape(value)) != tuple(flat[path].shape):
-            raise ValueError(f"weights[{key!r}] has shape {tuple(np.shape(value))}, the model {flat[path].shape}")
-        loaded[path] = flat[path].replace(value)
-    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+    return model_from_flat(config, flat_weights(weights) if isinstance(weights, nnx.State) else weights)
 
 
 @dataclasses.dataclass(frozen=True)

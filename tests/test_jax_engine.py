@@ -8,7 +8,8 @@ from helpers import random_model
 
 import ringjax
 from ringjax.generate import greedy
-from rollout.jax_engine import JaxEngine, flat_weights, run_to_completion
+from rollout.jax_engine import JaxEngine, run_to_completion
+from rollout.weights import flat_weights
 from rollout.types import Request, SamplingParams
 
 N = 10

@@ -18,9 +18,10 @@ from helpers import random_model
 from ray import cloudpickle
 
 import ringjax
-from rollout.jax_engine import JaxEngine, flat_weights, run_to_completion
+from rollout.jax_engine import JaxEngine, run_to_completion
+from rollout.weights import flat_weights, model_from_flat
 from rollout.ray_pool import RayEnginePool, WorkerPoolError
-from rollout.ray_worker import JaxEngineFactory, model_from_flat
+from rollout.ray_worker import JaxEngineFactory
 from ringjax.data import PromptRecord
 from rollout.types import Output, Request, SamplingParams
 

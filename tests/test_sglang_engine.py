@@ -29,7 +29,7 @@ if not sglang_available():
     pytest.skip("SGLang is not installed: run scripts/install_sglang_cpu.sh", allow_module_level=True)
 
 from rollout.sglang_engine import SGLangConfig, SGLangEngine, SGLangServerError  # noqa: E402 (needs aiohttp)
-from rollout.sglang_weights import flat_key, model_from_flat  # noqa: E402
+from rollout.weights import flat_key, model_from_flat  # noqa: E402
 
 pytestmark = pytest.mark.sglang
 
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(7)
     flat = {flat_key(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model))}
     flat2 = {k: (v + 0.05 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in flat.items()}
-    model2 = model_from_flat({k: jnp.asarray(v) for k, v in flat2.items()}, cfg)
+    model2 = model_from_flat(cfg, {k: jnp.asarray(v) for k, v in flat2.items()})
     return cfg, model, flat2, model2, path
 
 

@@ -46,7 +46,8 @@ from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_
 from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig, Decode
 from rollout.config import RolloutConfig
-from rollout.jax_engine import JaxEngine, flat_weights
+from rollout.jax_engine import JaxEngine
+from rollout.weights import flat_weights
 from rollout.rewards import RewardFn, RewardPool
 from rollout.types import SamplingParams
 
