@@ -13,7 +13,7 @@ class RolloutConfig:
     sglang: dict[str, Any] = dataclasses.field(default_factory=dict)  # SGLangConfig fields (dtype, device, ...)
     omega: int = 0  # inference pool capacity in responses; 0: prompts_per_batch * samples_per_prompt
     sigma: int = 2  # c3po++: iterations a rollout may span before it is dropped (counted)
-    slots: int = 0  # embedded engine: KV-cache rows decoded together; 0: omega
+    slots: int = 0  # embedded engine: KV-cache rows decoded together (per worker); 0: omega / max(workers, 1)
     decode_chunk: int = 8  # embedded engine: decode steps per jitted call (slots are refilled between calls)
     workers: int = 0  # Ray rollout workers (each with its own engine); 0: the engine runs in the trainer process
     ray_address: str | None = None  # join this Ray cluster; None: start a local one

@@ -119,7 +119,7 @@ class RLResult:
 def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
     """The rollout engine of a run: embedded JAX (in this process or in Ray workers) or SGLang servers."""
     r = cfg.rollout
-    slots = r.slots or cfg.omega
+    slots = r.slots or -(-cfg.omega // max(1, r.workers))  # each worker holds its share of the pool
     if r.engine == "sglang":
         from ringjax.hf import save_pretrained
         from rollout.sglang_engine import SGLangConfig, SGLangEngine
