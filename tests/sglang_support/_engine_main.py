@@ -5,12 +5,9 @@ REQUEST: {"model_dir": str, "sequences": [[int, ...], ...], "engine_kwargs": {..
 RESULT:  {"logprobs": [[float, ...], ...], "sglang_version": str, "start_s": float, "run_s": float, "max_rss_mb": float}
 Needs SGLANG_USE_CPU_ENGINE=1 and the sgl_kernel stand-in on PYTHONPATH (runner.py sets both).
 
-CPU fix (SGLANG_CPU_ROUTED_SCALING_FIX=1, runner.py's default): SGLang 0.5.23's CPU MoE path
-(`UnquantizedFusedMoEMethod.forward_cpu` -> `moe_forward_native`, and the AMX kernels alike) never multiplies
-the routed experts' sum by `routed_scaling_factor`, which its CUDA/Triton runner and the Ling 2.0 reference do
-(BailingMoESparseMoeBlock leaves the factor to the MoE runner). The patch below applies it after
-`moe_forward_native`. It runs at import time, i.e. also in the scheduler processes SGLang spawns (spawn re-imports
-this file as __mp_main__; everything else sits under the __main__ guard).
+CPU fix (SGLANG_CPU_ROUTED_SCALING_FIX=1, runner.py's default): `rollout.sglang_cpu_fix` (SGLang 0.5.23's CPU MoE
+path forgets `routed_scaling_factor`). It is applied at import time, i.e. also in the scheduler processes SGLang
+spawns (spawn re-imports this file as __mp_main__; everything else sits under the __main__ guard).
 """
 
 import json
@@ -20,27 +17,10 @@ import sys
 import time
 
 
-def _patch_routed_scaling_on_cpu() -> None:
-    from sglang.srt.layers.moe import fused_moe_native
-
-    original = fused_moe_native.moe_forward_native
-    if getattr(original, "_ringjax_patched", False):
-        return
-
-    def moe_forward_native(layer, x, topk_output, moe_runner_config):
-        out = original(layer, x, topk_output, moe_runner_config)
-        scale = moe_runner_config.routed_scaling_factor
-        if scale is not None and scale != 1.0 and not getattr(layer, "should_fuse_routed_scaling_factor_in_topk",
-                                                              False):
-            out = out * scale
-        return out
-
-    moe_forward_native._ringjax_patched = True
-    fused_moe_native.moe_forward_native = moe_forward_native
-
-
 if os.environ.get("SGLANG_CPU_ROUTED_SCALING_FIX", "0") == "1":
-    _patch_routed_scaling_on_cpu()
+    from rollout.sglang_cpu_fix import patch_routed_scaling_on_cpu
+
+    patch_routed_scaling_on_cpu()
 
 
 def main(request_path: str, result_path: str) -> None:
