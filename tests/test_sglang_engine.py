@@ -60,7 +60,7 @@ def _config(path, **kw):
 def engine(tiny):
     with SGLangEngine(_config(tiny[-1]), env=engine_env()) as eng:
         yield eng
-    assert eng._proc.poll() is not None
+    assert eng._server.proc.poll() is not None
 
 
 @pytest.fixture(scope="module")

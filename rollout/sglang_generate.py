@@ -1,0 +1,78 @@
+"""One request on an SGLang server: its `/generate` call and the reply turned into an `Output`.
+
+A request is sent as prompt + already generated ids (`input_ids`), `max_new_tokens = request.remaining` and
+`rid = request.id` (the id `/abort_request` names), asking for the sampled tokens' log-probs. The reply's
+`meta_info` holds the log-probs (`output_token_logprobs`, one row per output id, its log-prob first), the finish
+reason and the versions (`weight_version`, and `weight_versions`: spans of output tokens per version).
+See `rollout.sglang_engine` for what SGLang's log-probs, stops and aborts mean.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+
+import aiohttp
+import numpy as np
+
+from rollout.types import Output, Request
+
+FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+@dataclasses.dataclass
+class Reply:
+    body: dict | None = None
+    error: str | None = None
+    lost: bool = False  # the connection failed: maybe the server is exiting
+
+
+@dataclasses.dataclass
+class Inflight:
+    request: Request
+    future: concurrent.futures.Future  # -> Reply
+    posted: bool = False  # the /generate call has been handed to the connection pool
+    aborted: bool = False
+
+
+async def generate(session: aiohttp.ClientSession, url: str, inflight: Inflight, timeout: float | None) -> Reply:
+    """POSTs the request to `url`/generate; a failed call is a `Reply` with `error`, never an exception."""
+    r = inflight.request
+    payload = {
+        "rid": r.id,
+        "input_ids": np.concatenate([r.prompt, r.generated]).tolist(),
+        "sampling_params": {"temperature": r.sampling.temperature, "top_p": r.sampling.top_p,
+                            "max_new_tokens": r.remaining, "stop_token_ids": list(r.sampling.stop_ids) or None},
+        "return_logprob": True,
+        "logprob_start_len": -1,
+    }
+    inflight.posted = True
+    try:
+        async with session.post(url + "/generate", json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200:
+                return Reply(error=f"SGLang /generate HTTP {resp.status}: {(await resp.text())[:1000]}")
+            return Reply(body=await resp.json(content_type=None))
+    except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+        return Reply(error=f"SGLang /generate failed: {type(e).__name__}: {e}",
+                     lost=isinstance(e, aiohttp.ClientConnectionError))
+
+
+def parse_reply(rid: str, body: dict, version: int, aborted: bool) -> Output:
+    """The `Output` of a `/generate` reply; `version` tags tokens the reply gives no version for. An abort that
+    `aborted` (the engine's own abort) does not explain is an error. Raises on a reply it does not understand."""
+    meta = body["meta_info"]
+    tokens = np.asarray(body["output_ids"], np.int32)
+    logprobs = np.asarray([row[0] for row in meta["output_token_logprobs"]], np.float32)
+    if len(tokens) != len(logprobs):
+        raise ValueError(f"{len(tokens)} output ids but {len(logprobs)} log-probs")
+    reason = meta.get("finish_reason") or {}
+    kind = reason.get("type") if isinstance(reason, dict) else reason
+    if kind not in FINISH:
+        raise ValueError(f"finish_reason {reason!r}")
+    versions = np.full(len(tokens), int(meta.get("weight_version", version)), np.int32)
+    for span in meta.get("weight_versions") or ():
+        versions[span["start"]:span["end"]] = int(span["version"])
+    error = None
+    if kind == "abort" and not aborted:
+        error = f"SGLang aborted the request: {reason.get('message')}"
+    return Output(rid, tokens, logprobs, versions, FINISH[kind], error)
