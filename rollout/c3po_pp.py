@@ -16,8 +16,8 @@ need every reward; C counts a group's tokens once it is complete. Rewards are co
 a complete group's responses are decoded and handed to a `rollout.rewards.RewardPool` at once, and the scores are
 collected at the end of the iteration (a reward function that raises or hangs scores 0 and is counted there).
 
-`mode="sync"` is the baseline: submit a batch of `omega` responses, wait until every one of them has ended,
-repeat until C >= phi; nothing carries over.
+`mode="sync"` is the baseline: submit a batch of `omega` responses, wait until every one of them has ended (also
+when C reaches phi in the middle of a batch), repeat until C >= phi; nothing carries over.
 
 Failures: a request the engine answers with `finish="error"` (empty or over-long prompt, a dead SGLang server)
 fails its whole group: the siblings are aborted, the group is counted in `stats["failed_groups"]` with the reason
@@ -132,8 +132,9 @@ class C3POPlusPlus:
         running = {r.id for r in carried}  # submitted, no output yet
         completed: list[tuple[Group, list]] = []
         count, failures = 0, 0
-        while count < self.cfg.phi:
-            if self.cfg.mode == "c3po++" or not running:
+        sync = self.cfg.mode == "sync"
+        while count < self.cfg.phi or (sync and running):  # sync: a started batch always runs to its end
+            if not sync or not running:
                 running |= self._refill(engine, t, len(running), by_id)
             if not running:
                 break  # prompt source exhausted and nothing running

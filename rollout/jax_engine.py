@@ -2,9 +2,9 @@
 
 The engine owns `slots` rows of one KV cache [L, slots, max_context, G, D]. Each `step()`:
 1. answers queued requests that cannot run (empty prompt, too long for the context) with `finish="error"`;
-2. fills free slots with queued requests (FIFO) in ONE jitted prefill: a request's context (prompt + the tokens
-   it already generated, for a continuation) minus its last token is written into its slot's cache rows; that
-   last token becomes the slot's next input, so prefill needs no sampling and no head;
+2. fills free slots with queued requests (FIFO), one jitted prefill per context-length bucket: a request's
+   context (prompt + the tokens it already generated, for a continuation) minus its last token is written into
+   its slot's cache rows; that last token becomes the slot's next input, so prefill needs no sampling and no head;
 3. runs ONE jitted decode chunk of up to `decode_chunk` steps over all slots: every active slot feeds its last
    token at its position, samples the next one with its own temperature / top-p, and stops on a stop id or when
    it has used its token allowance; the chunk ends early when every slot is idle;
@@ -224,20 +224,22 @@ class JaxEngine:
         todo = [self._queue.popleft() for _ in range(min(len(free), len(self._queue)))]
         if not todo:
             return
-        contexts = [np.concatenate([r.prompt, r.generated]) for r in todo]
-        width = _bucket(max(len(c) - 1 for c in contexts), 16)
-        k = -(-_bucket(len(todo)) // self._shards) * self._shards  # a prefill batch splits over the batch shards
-        tokens = np.zeros((k, width), np.int32)
-        slots = np.full((k,), self.slots, np.int32)  # padding rows: out of range, dropped
-        for j, (r, c) in enumerate(zip(todo, contexts)):
-            i = free[j]
-            tokens[j, :len(c) - 1] = c[:-1]
-            slots[j] = i
-            self._active[i] = _Slot(r, [], [], [])
-            self._last[i], self._pos[i] = c[-1], len(c) - 1
-        with use_mesh(self.mesh):
-            self._cache = _prefill_jit(self.graphdef, self.state, self._cache, jnp.asarray(tokens),
-                                       jnp.asarray(slots))
+        by_width: dict[int, list[tuple[int, np.ndarray]]] = collections.defaultdict(list)
+        for slot, r in zip(free, todo):
+            context = np.concatenate([r.prompt, r.generated])
+            by_width[_bucket(len(context) - 1, 16)].append((slot, context))
+            self._active[slot] = _Slot(r, [], [], [])
+            self._last[slot], self._pos[slot] = context[-1], len(context) - 1
+        for width, rows in sorted(by_width.items()):  # one prefill per context-length bucket: little padding
+            k = -(-_bucket(len(rows)) // self._shards) * self._shards  # a prefill batch splits over the shards
+            tokens = np.zeros((k, width), np.int32)
+            slots = np.full((k,), self.slots, np.int32)  # padding rows: out of range, dropped
+            for j, (slot, context) in enumerate(rows):
+                tokens[j, :len(context) - 1] = context[:-1]
+                slots[j] = slot
+            with use_mesh(self.mesh):
+                self._cache = _prefill_jit(self.graphdef, self.state, self._cache, jnp.asarray(tokens),
+                                           jnp.asarray(slots))
         self.stats["prefilled"] += len(todo)
 
     def _decode_chunk(self) -> list[Output]:
