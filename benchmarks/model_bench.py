@@ -27,6 +27,7 @@ from flax import nnx
 
 from ringjax.generate import generate, prefill
 from ringjax.model import create_model, init_cache, preset
+from _summary import emit_summary
 
 
 def _timed(fn, runs: int) -> tuple[float, list[float]]:
@@ -128,11 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"env": env, "results": results,
                "decode_gen_tok_per_s": {f"{r['preset']}/b{r['batch']}": r["decode"]["gen_tok_per_s"]
                                         for r in results if "decode" in r}}
-    print(json.dumps({"summary": summary}), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return emit_summary(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ Here both `rollout.c3po_pp` modes drive the same embedded `JaxEngine` (slots = o
 Per step the engine's own work is split out: `prefill_s` (of which `resume_prefill_s`: prefills holding
 continuations, which C3PO++ re-prefills at every iteration because it aborts and re-submits them), `decode_s`, the
 rest (`host_s`) is scheduler / host time; `slot_util` = generated tokens / (decode steps run * slots), the idle
-slots the synchronous mode waits with; `prefill_by_bucket` = calls and seconds per fill, keyed by its padded [K, P] prefill shapes.
+slots the synchronous mode waits with; `prefill_by_bucket` = calls and seconds per fill, keyed by its padded
+[K, P] prefill shapes.
 A step can need no rollout at all (`zero_rollout_steps`): the last group of an iteration may bring more than phi
 tokens, and what a step does not take stays in the pool, as in `train_rl`. `load_avg` is the 1-minute load
 average before and after each mode: figures taken while other work loads the machine are not comparable.
@@ -59,6 +60,7 @@ from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig
 from rollout.jax_engine import JaxEngine, _bucket, run_to_completion
 from rollout.rewards import RewardPool
 from rollout.types import Request, SamplingParams
+from _summary import emit_summary
 
 NEVER_DROP = 10**9  # sync's retention: the baseline never drops a rollout
 ANCHOR = {"rollout": 2.5, "e2e": 1.5}  # Ring-1T's reported sync / C3PO++ speed-ups
@@ -353,11 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"env": {**env, "load_avg_end": [round(x, 2) for x in os.getloadavg()]}, "config": config,
                "length_dist": dist, "ratios_sync_over_c3po": ratios, "anchor_ring1t": ANCHOR,
                "train_compiles": sorted(compiled), "runs": runs}
-    print(json.dumps({"summary": {k: v for k, v in summary.items() if k != "runs"}}), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return emit_summary(summary, args.out, shown={k: v for k, v in summary.items() if k != "runs"})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rollout.sandbox import SandboxLimits, bwrap_binary, bwrap_version, interpreter, run_python, sandbox_available
+from _summary import emit_summary
 
 
 def _one(i: int, limits: SandboxLimits) -> tuple[bool, float]:
@@ -77,11 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"env": env, "results": results, "bare_python_s": bare_python_s(min(args.programs, 20)),
                "median_start_latency_s": seq["median_start_latency_s"],
                "runs_per_s": {f"w{r['workers']}": r["runs_per_s"] for r in results}}
-    print(json.dumps({"summary": summary}), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return emit_summary(summary, args.out)
 
 
 if __name__ == "__main__":

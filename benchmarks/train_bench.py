@@ -28,6 +28,7 @@ from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.state import init_train_state
 from ringjax.trainer.step import device_batch, make_train_step, rl_loss_fn
+from _summary import emit_summary
 
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}  # dense bf16
 PROMPT = 32
@@ -95,11 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(results[-1]), flush=True)
     summary = {"env": env, "results": results,
                "tokens_per_s": {r["preset"]: r["tokens_per_s"] for r in results}}
-    print(json.dumps({"summary": summary}), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return emit_summary(summary, args.out)
 
 
 if __name__ == "__main__":
