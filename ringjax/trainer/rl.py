@@ -47,9 +47,9 @@ from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, 
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig, Decode
 from rollout.config import RolloutConfig
 from rollout.jax_engine import JaxEngine
-from rollout.weights import flat_weights
 from rollout.rewards import RewardFn, RewardPool
 from rollout.types import SamplingParams
+from rollout.weights import flat_weights
 
 SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted",
                     "tokens_generated")
