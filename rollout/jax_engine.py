@@ -43,7 +43,7 @@ from ringjax.sharding import batch_shards, use_mesh
 from ringjax.typing import Array, Float, Int
 from rollout.sampling import sample_rows
 from rollout.types import Output, Request, check_request
-from rollout.weights import flat_key, flat_weights
+from rollout.weights import model_from_flat
 
 MAX_STOP_IDS = 32
 
@@ -191,19 +191,9 @@ class JaxEngine:
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _from_flat(self, weights: Mapping[str, Any]) -> nnx.State:
-        current = flat_weights(self.state)
-        missing, extra = sorted(set(current) - set(weights)), sorted(set(weights) - set(current))
-        if missing or extra:
-            raise ValueError(f"update_weights: missing {missing[:3]}, unexpected {extra[:3]}")
-        for k, v in weights.items():
-            if tuple(np.shape(v)) != tuple(current[k].shape):
-                raise ValueError(f"update_weights: {k} has shape {np.shape(v)}, the model {current[k].shape}")
-        leaves = []
-        for path, leaf in nnx.to_flat_state(self.state):
-            old = current[flat_key(path)]
-            value = jax.device_put(jnp.asarray(weights[flat_key(path)], old.dtype), old.sharding)
-            leaves.append((path, leaf.replace(value) if isinstance(leaf, nnx.Variable) else value))
-        return nnx.from_flat_state(leaves)
+        """`weights` checked and cast by `model_from_flat`, then placed like the current state."""
+        new = nnx.state(model_from_flat(self.config, weights))
+        return jax.tree.map(lambda n, old: jax.device_put(n, old.sharding), new, self.state)
 
     def _reject_bad(self) -> list[Output]:
         out, keep = [], collections.deque()
