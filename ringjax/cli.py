@@ -1,39 +1,129 @@
-"""`ringjax` command line: thin wrappers over library functions."""
+"""`ringjax` command line: thin wrappers over library functions.
+
+    ringjax train [CONFIG] [key=value ...]   SFT -> entropy-band pick -> RL stages -> eval -> HF export
+    ringjax sft CONFIG | eval CONFIG | plan CONFIG | export SRC OUT | import HF OUT | info MODEL
+
+Bad input (a missing file, an unknown key or value, an output folder holding another run) exits with status 2 and
+one line naming the culprit, before any compute. Ctrl-C during training saves a checkpoint and exits with 130;
+the same command resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 
+_CONFIG_HELP = "pipeline YAML (default: the embedded demo, ringjax/pipeline/demo.yaml)"
+_OVERRIDES_HELP = "dotted overrides, e.g. out=runs/x seed=1 stages.0.steps=5 rl.loss.alpha=0.4"
 
-def _demo(args) -> None:
-    import os
 
-    if args.cpu_devices:  # before JAX starts: lets the sharded path run on a machine without accelerators
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+def _pipeline(args, inputs: bool = True):
+    from ringjax.pipeline.config import check_inputs, load_pipeline
+
+    cfg = load_pipeline(args.config, args.overrides)
+    if inputs:
+        check_inputs(cfg)
+    if cfg.mesh.cpu_devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        flag = f"--xla_force_host_platform_device_count={cfg.mesh.cpu_devices}"  # read when JAX starts its backend
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-    from ringjax.demo import run_demo
-
-    print(json.dumps(run_demo(args.out, args.preset, seed=args.seed), indent=2))
+    return cfg
 
 
-def _export(args) -> None:
+def _train(args, only: str | None = None) -> int:
+    from ringjax.pipeline import run_pipeline
+
+    summary = run_pipeline(_pipeline(args), overwrite=args.overwrite, progress=not args.no_progress, only=only)
+    print(json.dumps(summary, indent=2))
+    return 130 if "stopped" in summary else 0
+
+
+def _eval(args) -> int:
+    from ringjax.pipeline import stages
+    from ringjax.pipeline.run import accuracy_table
+
+    cfg = _pipeline(args)
+    if not os.path.isfile(os.path.join(cfg.out, "tokenizer", "tokenizer.json")) and cfg.tokenizer.kind == "bpe":
+        raise FileNotFoundError(f"{cfg.out} has no trained tokenizer: run `ringjax train` (or sft) with this config "
+                                "first, or point out=... at its run folder")
+    ctx = stages.setup(cfg, print)
+    model = ctx.model
+    if args.hf:
+        from ringjax.hf import from_pretrained
+        model = from_pretrained(args.hf, ctx.mesh)
+    elif args.checkpoint:
+        model = stages.restore(ctx, args.checkpoint)
+    result = stages.evaluate_model(ctx, model, 0)
+    print(accuracy_table({args.hf or args.checkpoint or "start": result["accuracy"]}))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _plan(args) -> int:
+    from ringjax.pipeline.plan import plan_pipeline
+
+    cfg = _pipeline(args, inputs=False)  # shapes only: needs neither data nor weights when a preset is given
+    plans = plan_pipeline(cfg, devices=args.devices, device_memory_gb=args.device_memory_gb)
+    if args.json:
+        print(json.dumps({k: p.as_dict() for k, p in plans.items()}, indent=2))
+    else:
+        for name, p in plans.items():
+            print(f"== {name} ==\n{p.table()}\n")
+    return 0 if all(p.fits is not False for p in plans.values()) else 1
+
+
+def _export(args) -> int:
     import jax
 
     from ringjax.hf import from_pretrained, save_pretrained
     from ringjax.model import create_model, preset
+    from ringjax.trainer.model_checkpoint import restore_model
 
+    tokenizer = None
     if args.src.startswith("preset:"):
         model = create_model(preset(args.src.split(":", 1)[1]), seed=args.seed)
+    elif os.path.isfile(os.path.join(args.src, "config.json")):
+        model, tokenizer = from_pretrained(args.src), args.src
     else:
-        model = from_pretrained(args.src)
+        model = restore_model(args.src)  # an Orbax step folder, checkpoints folder or run folder
+        tokenizer = _run_tokenizer(args.src)
     path = save_pretrained(model, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                            overwrite=args.overwrite)
-    print(json.dumps({"export": path, "architecture": model.config.architecture, "devices": jax.device_count()}))
+    copied = []
+    if tokenizer is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.isfile(os.path.join(tokenizer, name)):
+                shutil.copy(os.path.join(tokenizer, name), os.path.join(path, name))
+                copied.append(name)
+    print(json.dumps({"export": path, "architecture": model.config.architecture, "tokenizer_files": copied,
+                      "devices": jax.device_count()}))
+    return 0
 
 
-def _info(args) -> None:
+def _run_tokenizer(src: str) -> str | None:
+    """The `tokenizer/` folder of the pipeline run that holds checkpoint `src`, if any."""
+    here = os.path.abspath(src)
+    for _ in range(4):
+        if os.path.isfile(os.path.join(here, "tokenizer", "tokenizer.json")):
+            return os.path.join(here, "tokenizer")
+        here = os.path.dirname(here)
+    return None
+
+
+def _import(args) -> int:
+    from ringjax.hf import from_pretrained
+    from ringjax.trainer.model_checkpoint import save_model
+
+    model = from_pretrained(args.src, param_dtype=args.dtype)
+    step_dir = save_model(model, args.out)
+    print(json.dumps({"checkpoint": step_dir, "architecture": model.config.architecture,
+                      "use": f"model.checkpoint={step_dir}"}))
+    return 0
+
+
+def _info(args) -> int:
     import dataclasses
 
     from ringjax.hf import read_config
@@ -45,36 +135,65 @@ def _info(args) -> None:
     out = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("compute", "hf_extra")},
            "params_total": counts.total, "params_active": counts.active}
     print(json.dumps(out, indent=2, default=str))
+    return 0
 
 
-def _pick_checkpoint(args) -> None:
-    import os
-
+def _pick_checkpoint(args) -> int:
     from ringjax.trainer.sft import pick_checkpoint
 
     step, entropy = pick_checkpoint(args.run_dir, tuple(args.band))
     print(json.dumps({"step": step, "entropy": entropy, "path": os.path.join(args.run_dir, "checkpoints", str(step))}))
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None, help=_CONFIG_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringjax", description="RL for Ling / Ring MoE reasoning models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="forward, sampling and HF export round trip of a tiny sharded model")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--preset", default="tiny-v2", help="model preset (default: tiny-v2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu-devices", type=int, default=8, help="simulated CPU devices when running on CPU (0: off)")
-    p.set_defaults(func=_demo)
+    for name, text, func in (
+            ("train", "the whole pipeline: SFT, entropy-band checkpoint pick, RL stages, eval, HF export",
+             lambda a: _train(a)),
+            ("sft", "the SFT stage and its entropy-band checkpoint pick only", lambda a: _train(a, only="sft"))):
+        p = sub.add_parser(name, help=text, description=text + ". Reruns resume; Ctrl-C checkpoints and exits.")
+        _config_args(p)
+        p.add_argument("--overwrite", action="store_true", help="replace the output folder of an earlier run")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("export", help="write a Hugging Face folder (sharded safetensors + config.json)")
-    p.add_argument("src", help="HF folder to re-export, or preset:NAME for a randomly initialised model")
+    p = sub.add_parser("eval", help="held-out accuracy of a run's model (or of --hf / --checkpoint)")
+    _config_args(p)
+    p.add_argument("--hf", help="evaluate this HF folder")
+    p.add_argument("--checkpoint", help="evaluate this Orbax checkpoint (step folder or run folder)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("plan", help="per-device parameter, optimiser and activation memory on the configured mesh; "
+                                    "exit 1 if a phase does not fit")
+    _config_args(p)
+    p.add_argument("--devices", type=int, help="device count for mesh axes of -1 (default: the local devices)")
+    p.add_argument("--device-memory-gb", type=float, help="per-device memory (default: mesh.device_memory_gb)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("export", help="write a Hugging Face folder (sharded safetensors + config.json [+ tokenizer])")
+    p.add_argument("src", help="an Orbax checkpoint (step folder, checkpoints folder or run folder: newest step), "
+                               "an HF folder to re-export, or preset:NAME (random init)")
     p.add_argument("out", help="output folder; written atomically")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("import", help="an HF folder -> an Orbax model checkpoint (start runs from model.checkpoint)")
+    p.add_argument("src", help="HF folder (config.json + safetensors)")
+    p.add_argument("out", help="new Orbax checkpoint folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="parameter dtype")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("info", help="architecture and parameter counts of an HF folder or preset:NAME")
     p.add_argument("model")
@@ -89,13 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`train --no-progress seed=1`) are left over by argparse
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    if getattr(args, "config", None) and "=" in args.config:  # `ringjax train key=value`: the demo, overridden
+        args.overrides, args.config = [args.config, *args.overrides], None
     try:
-        args.func(args)
+        return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"ringjax {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print(f"ringjax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,11 +31,33 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
+        kind = _dataclass_of(hints[key])
+        if kind is not None and isinstance(value, Mapping):
             value = from_dict(kind, value, f"{prefix}{key}.")
+        elif isinstance(value, str) and _is_float(hints[key]):
+            value = _float(value, f"{prefix}{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _is_float(hint: Any) -> bool:
+    return hint is float or (float in typing.get_args(hint) and str not in typing.get_args(hint))
+
+
+def _float(value: str, name: str) -> float:
+    """YAML 1.1 reads `1e-4` (no dot) as a string: accept it for a float field, reject other text by name."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"config {name}={value!r} is not a number") from None
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field holds: `hint` itself, or the one dataclass of a union such as `OptimConfig | None`."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    classes = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    return classes[0] if len(classes) == 1 else None
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class RLConfig:
 class RLResult:
     state: TrainState
     history: list[dict]  # per step: metrics and the prompt ids drawn for it
+    stopped: bool = False  # ended early by `should_stop` (checkpointed when checkpointing is on)
 
 
 def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
@@ -146,12 +147,14 @@ def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
 
 def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, cfg: RLConfig, *,
              run_dir: str | None = None, mesh=None, encode: Callable[[str], list[int]] | None = None,
-             decode: Decode | None = None, on_step: Callable[[int, dict], None] | None = None) -> RLResult:
+             decode: Decode | None = None, on_step: Callable[[int, dict], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> RLResult:
     """Runs (or resumes, when `run_dir` holds a checkpoint) RL until `cfg.steps` optimisation steps are done.
 
     `reward_fn(record, response_text) -> float` (e.g. `rollout.rewards.RewardRouter()`); `encode` / `decode` map
     prompt text to ids and response ids to text or bytes (default: `ByteTokenizer`); `on_step(step, metrics)` runs
-    after each step (and its checkpoint save)."""
+    after each step (and its checkpoint save). The last step is always checkpointed (when checkpointing is on);
+    when `should_stop()` turns true after a step, that step is checkpointed and the run returns (`stopped`)."""
     encode = encode or ByteTokenizer().encode
     decode = decode or ByteTokenizer().decode_bytes
     check_rows(mesh, {"rl.rows": cfg.rows, "rl.rollout.slots": cfg.rollout.slots or cfg.omega})
@@ -183,7 +186,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     writer = MetricsWriter(os.path.join(run_dir, "logs") if run_dir else "", enabled=run_dir is not None and
                            jax.process_index() == 0)
     engine = None
-    history = []
+    history, stopped = [], False
     try:
         engine = _engine(model, cfg, mesh, run_dir)
         while int(state.step) < cfg.steps:
@@ -223,12 +226,15 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS})
             writer.write(step + 1, metrics)
             history.append({"step": step + 1, "prompt_ids": list(stream.drawn), **metrics})
-            if ckpt is not None and ckpt.should_save(step + 1):
+            stopped = should_stop is not None and should_stop()
+            if ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == cfg.steps or stopped):
                 extras = {"data": stream.state(), "pool": {"responses": encode_pool(pool)},
                           "rollout": {"scheduler": sched.state_dict()}}
-                ckpt.save(step + 1, flatten_state(state), extras=extras)
+                ckpt.save(step + 1, flatten_state(state), extras=extras, force=True)
             if on_step is not None:
                 on_step(step + 1, metrics)
+            if stopped:
+                break
     finally:
         rewards.close()
         if engine is not None:
@@ -237,4 +243,4 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             ckpt.wait()
             ckpt.close()
         writer.close()
-    return RLResult(state, history)
+    return RLResult(state, history, stopped)

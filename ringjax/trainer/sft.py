@@ -131,6 +131,7 @@ class SFTResult:
     state: TrainState
     history: list[dict]  # per step: metrics and the ids of the examples trained on
     skipped: dict[str, int]  # {"too_long", "empty", "eval_too_long", "eval_empty"}
+    stopped: bool = False  # ended early by `should_stop` (checkpointed when checkpointing is on)
 
 
 def read_sft_jsonl(path: str, encode: Callable[[str], list[int]]) -> tuple[list[SFTExample], int]:
@@ -248,11 +249,13 @@ def make_eval_fn(graphdef: nnx.GraphDef) -> Callable[[TrainState, Batch], jax.Ar
 
 
 def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | None = None, *, mesh=None,
-              eval_examples: Sequence | None = None, on_step: Callable[[int, dict], None] | None = None) -> SFTResult:
+              eval_examples: Sequence | None = None, on_step: Callable[[int, dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> SFTResult:
     """Runs (or resumes, when `run_dir` holds a checkpoint) SFT until the configured steps are done.
 
     `examples` / `eval_examples`: `SFTExample`s or (prompt_ids, response_ids) pairs. `on_step(step, metrics)`
-    runs after each step (and its checkpoint save)."""
+    runs after each step (and its checkpoint save). When `should_stop()` turns true after a step, that step is
+    checkpointed (with its evaluation) and the run returns (`stopped`)."""
     check_rows(mesh, {"sft.rows": cfg.rows})
     train, too_long, empty = as_examples(examples, cfg.seq_len)
     if not train:
@@ -290,7 +293,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     enabled = run_dir is not None and jax.process_index() == 0
     writer = MetricsWriter(logs, enabled=enabled)
     eval_writer = MetricsWriter(os.path.join(logs, "eval"), prefix="eval", enabled=enabled)
-    history = []
+    history, stopped = [], False
     try:
         while int(state.step) < total:
             t0, step = time.perf_counter(), int(state.step)
@@ -307,7 +310,8 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
                            epoch=drawn[-1][0], examples=len(picked), micro_batches=batch["tokens"].shape[0],
                            step_s=elapsed, tokens_per_s=float(sums["tokens"]) / elapsed,
                            skipped_updates=int(state.skipped))
-            save = ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == total)
+            stopped = should_stop is not None and should_stop()
+            save = ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == total or stopped)
             evaluation = None
             if save or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
                 with use_mesh(mesh):
@@ -323,13 +327,15 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
                                                                   "skipped": skipped}, force=True)
             if on_step is not None:
                 on_step(step + 1, metrics)
+            if stopped:
+                break
     finally:
         if ckpt is not None:
             ckpt.wait()
             ckpt.close()
         writer.close()
         eval_writer.close()
-    return SFTResult(state, history, skipped)
+    return SFTResult(state, history, skipped, stopped)
 
 
 def _resume(ckpt: Checkpointer, state: TrainState, data_id: dict) -> tuple[TrainState, int]:

@@ -12,12 +12,16 @@ Equivalence is decided by Math-Verify (the library the Ling/Ring reports use), s
 
 from __future__ import annotations
 
+import logging
 import re
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from ringjax.data import PromptRecord
 
+# Math-Verify warns on every call that its (SIGALRM) timeouts are off; they are off on purpose (see above).
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 

@@ -1,0 +1,301 @@
+"""`PipelineConfig`: one YAML file drives `ringjax train` (SFT -> entropy-band pick -> RL stages -> eval -> export).
+
+    cfg = load_pipeline("configs/ring_1t_gpu_sglang.yaml", overrides=["out=runs/x", "stages.0.steps=5"])
+
+Loaded strictly (`ringjax.config_io`): an unknown key or a bad value fails naming its dotted path, and every
+stage's RL config is built and checked at load time, before any compute. `rl_base: FILE` (relative to the config)
+reads the shared RL section from an RL config file (`configs/*_rl.yaml`); the file's own `rl:` keys override it.
+`check_inputs` then checks that every path the run reads exists. Overrides address list items by index
+(`stages.1.rl.phi=4096`). `load_pipeline(None)` is the embedded demo (`ringjax/pipeline/demo.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+
+from ringjax.config_io import apply_overrides, from_dict, to_dict
+from ringjax.trainer.rl import RLConfig
+from ringjax.trainer.sft import SFTConfig
+
+DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """`preset` names the architecture (with `overrides`: `LingConfig` fields); alone it starts from random weights.
+    The weights of a released model come from `hf_path` (an HF folder) or `checkpoint` (an Orbax checkpoint, e.g.
+    `ringjax import` output); with a preset too, the loaded architecture must equal it (`ringjax plan` needs only
+    the preset). `overrides.compute` (dtypes, remat) applies to all three."""
+
+    preset: str | None = None
+    hf_path: str | None = None
+    checkpoint: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.hf_path and self.checkpoint:
+            raise ValueError("set at most one of model.hf_path and model.checkpoint")
+        if not (self.preset or self.hf_path or self.checkpoint):
+            raise ValueError("set model.preset (architecture, random init), model.hf_path or model.checkpoint")
+        if not self.preset and set(self.overrides) - {"compute"}:
+            raise ValueError(f"model.overrides {sorted(set(self.overrides) - {'compute'})} apply to presets only")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    """Device mesh (axes data, fsdp, expert, tensor; -1: all remaining devices). `cpu_devices`: simulate that many
+    devices when JAX would run on the CPU (set before JAX starts). `distributed`: call `jax.distributed` first
+    (TPU pods auto-detect; elsewhere RINGJAX_COORDINATOR / RINGJAX_NUM_PROCESSES / RINGJAX_PROCESS_ID).
+    `device_memory_gb`: per-device capacity for `ringjax plan` (None: read from the local device when it has one)."""
+
+    data: int = 1
+    fsdp: int = -1
+    expert: int = 1
+    tensor: int = 1
+    cpu_devices: int = 0
+    distributed: bool = False
+    device_memory_gb: float | None = None
+
+    def __post_init__(self):
+        for name in ("data", "fsdp", "expert", "tensor"):
+            if getattr(self, name) == 0 or getattr(self, name) < -1:
+                raise ValueError(f"mesh.{name}={getattr(self, name)} must be >= 1 or -1 (all remaining devices)")
+        if self.cpu_devices < 0:
+            raise ValueError(f"mesh.cpu_devices={self.cpu_devices} must be >= 0")
+
+    def axes(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("data", "fsdp", "expert", "tensor")}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSection:
+    """`bpe`: byte-level BPE trained at start-up on the run's own texts (the demo); `hf`: a tokenizer.json folder
+    (defaults to model.hf_path); `byte`: raw UTF-8 bytes (vocab 256 + pad/eos)."""
+
+    kind: Literal["bpe", "hf", "byte"] = "bpe"
+    vocab_size: int = 512
+    path: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("bpe", "hf", "byte"):
+            raise ValueError(f"tokenizer.kind={self.kind!r} is not 'bpe', 'hf' or 'byte'")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSection:
+    """Locally generated verifiable tasks (`ringjax.pipeline.tasks`): RL prompts per domain, teacher traces per
+    domain for SFT (a programmatic teacher that slips on `teacher_error_rate` of its traces), held-out prompts."""
+
+    math: int = 0
+    code: int = 0
+    sft_per_domain: int = 0
+    eval_per_domain: int = 64
+    teacher_error_rate: float = 0.3
+
+    def __post_init__(self):
+        for name in ("math", "code", "sft_per_domain", "eval_per_domain"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.synthetic.{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.teacher_error_rate <= 1.0:
+            raise ValueError(f"data.synthetic.teacher_error_rate={self.teacher_error_rate} must lie in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """`synthetic` tasks, or files: RL `prompts` (JSONL / Parquet rows, `ringjax.data.read_records`), held-out
+    `eval_prompts` (default: `eval_size` rows split off the prompts), SFT `sft` JSONL rows {prompt, response}."""
+
+    source: Literal["synthetic", "files"] = "files"
+    synthetic: SyntheticSection = SyntheticSection()
+    prompts: tuple[str, ...] = ()
+    eval_prompts: tuple[str, ...] = ()
+    eval_size: int = 256
+    sft: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.source not in ("synthetic", "files"):
+            raise ValueError(f"data.source={self.source!r} is not 'synthetic' or 'files'")
+        for name in ("prompts", "eval_prompts", "sft"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.source == "files" and not self.prompts:
+            raise ValueError("data.prompts is empty: give prompt files or set data.source: synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """SFT, then RL starts from the latest checkpoint whose held-out token entropy lies in `entropy_band`
+    (Ring-lite: 0.3-0.5); `band_miss: closest` takes the checkpoint nearest the band instead of failing."""
+
+    enabled: bool = True
+    entropy_band: tuple[float, float] = (0.3, 0.5)
+    band_miss: Literal["error", "closest"] = "error"
+    train: SFTConfig = SFTConfig(steps=100, checkpoint_every=10)
+
+    def __post_init__(self):
+        object.__setattr__(self, "entropy_band", tuple(float(b) for b in self.entropy_band))
+        lo, hi = self.entropy_band if len(self.entropy_band) == 2 else (1, 0)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"sft.entropy_band={list(self.entropy_band)} must be [lo, hi] with 0 <= lo <= hi")
+        if self.band_miss not in ("error", "closest"):
+            raise ValueError(f"sft.band_miss={self.band_miss!r} is not 'error' or 'closest'")
+        if self.enabled and not self.train.checkpoint_every:
+            raise ValueError("sft.train.checkpoint_every must be >= 1: the entropy-band pick needs checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSection:
+    """One RL stage: `rl` with these `domains` (weights; prompts of other domains are not drawn), `steps` and
+    further `rl` overrides (dotted keys or nested mappings, e.g. {"max_new_tokens": 48})."""
+
+    name: str
+    domains: dict[str, float]
+    steps: int
+    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"stage name {self.name!r} must be an identifier (it names a folder and metrics)")
+        if not self.domains or any(w <= 0 for w in self.domains.values()):
+            raise ValueError(f"stage {self.name}: domains {self.domains} must be a non-empty map of weights > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Held-out accuracy (mean reward over `samples` sampled responses per prompt, as Ring's avg@k) after SFT and
+    after every RL stage; `temperature` / `max_new_tokens` None: those of the RL stage."""
+
+    enabled: bool = True
+    samples: int = 4
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    slots: int = 64
+
+    def __post_init__(self):
+        if self.samples < 1 or self.slots < 1:
+            raise ValueError(f"eval.samples={self.samples} and eval.slots={self.slots} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSection:
+    enabled: bool = True
+    dtype: str | None = None  # cast on export (bfloat16, float16); None: the training dtype
+    max_shard_size: str = "2GB"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    model: ModelSection = ModelSection(preset="tiny-v2")
+    mesh: MeshSection = MeshSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    data: DataSection = DataSection(source="synthetic")
+    sft: SFTSection = SFTSection()
+    rl: RLConfig = RLConfig()
+    stages: tuple[StageSection, ...] = ()
+    eval: EvalSection = EvalSection()
+    export: ExportSection = ExportSection()
+
+    def __post_init__(self):
+        stages = tuple(s if isinstance(s, StageSection) else from_dict(StageSection, s, f"stages.{i}.")
+                       for i, s in enumerate(self.stages))
+        object.__setattr__(self, "stages", stages)
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names {names} are not unique")
+        if "sft" in names:
+            raise ValueError("a stage may not be named 'sft' (the SFT stage's folder)")
+        for stage in stages:
+            if self.stage_rl(stage).checkpoint_every < 1:  # also fails at load time on a bad stage override
+                raise ValueError(f"stage {stage.name}: rl.checkpoint_every must be >= 1 (the next stage starts from "
+                                 "its final checkpoint, and a rerun resumes from the newest)")
+
+    def stage_rl(self, stage: StageSection) -> RLConfig:
+        """The RL config of `stage`: the shared `rl` section, then the stage's steps, domains and overrides."""
+        values = apply_overrides(to_dict(self.rl), [])
+        values.update(steps=stage.steps, domain_weights=dict(stage.domains))
+        for key, value in _dotted(stage.rl).items():
+            values = apply_overrides(values, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+        try:
+            return from_dict(RLConfig, values)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"stages.{stage.name}.rl: {e}") from e
+
+
+def _dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and key not in ("domain_weights", "sglang"):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _index_overrides(values: dict, overrides: Sequence[str]) -> tuple[dict, list[str]]:
+    """Applies `stages.N.key=value` overrides (list items by index); returns the rest."""
+    rest = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.split(".")
+        if sep and len(parts) > 2 and parts[0] == "stages" and parts[1].isdigit():
+            stages = values.get("stages") or []
+            i = int(parts[1])
+            if i >= len(stages):
+                raise ValueError(f"override {item!r}: the config has {len(stages)} stages")
+            stages[i] = apply_overrides(stages[i], [f"{'.'.join(parts[2:])}={raw}"])
+        else:
+            rest.append(item)
+    return values, rest
+
+
+def load_pipeline(path: str | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The pipeline config of YAML file `path` (None: the embedded demo) with dotted overrides."""
+    source = path or DEMO
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"config file {source} does not exist")
+    with open(source) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: top level must be a mapping of config keys")
+    try:
+        base = values.pop("rl_base", None)
+        if base is not None:
+            base_path = os.path.join(os.path.dirname(os.path.abspath(source)), base)
+            if not os.path.isfile(base_path):
+                raise FileNotFoundError(f"{source}: rl_base {base_path} does not exist")
+            with open(base_path) as f:
+                values["rl"] = _merge(yaml.safe_load(f) or {}, values.get("rl") or {})
+        values["stages"] = [dict(s) if isinstance(s, Mapping) else s for s in values.get("stages") or []]
+        values, rest = _index_overrides(values, overrides)
+        return from_dict(PipelineConfig, apply_overrides(values, rest))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """FileNotFoundError naming the config key of the first input path that does not exist."""
+    paths = [("model.hf_path", cfg.model.hf_path), ("model.checkpoint", cfg.model.checkpoint),
+             ("tokenizer.path", cfg.tokenizer.path)]
+    if cfg.data.source == "files":
+        paths += [(f"data.{k}", p) for k in ("prompts", "eval_prompts", "sft") for p in getattr(cfg.data, k)]
+    for key, path in paths:
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{key}: {path} does not exist")
+    if cfg.tokenizer.kind == "hf" and not (cfg.tokenizer.path or cfg.model.hf_path):
+        raise ValueError("tokenizer.kind=hf needs tokenizer.path or model.hf_path")
+    if cfg.sft.enabled and cfg.data.source == "files" and not cfg.data.sft:
+        raise ValueError("sft.enabled but data.sft lists no SFT files (set sft.enabled=false to start RL directly)")

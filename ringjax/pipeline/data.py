@@ -1,0 +1,84 @@
+"""The texts a pipeline run trains and evaluates on: RL prompts, held-out prompts, SFT (prompt, response) pairs.
+
+Synthetic (`data.source: synthetic`): math and code tasks from `ringjax.pipeline.tasks`, held-out prompts split off
+before anything else (never trained on, in SFT or RL), SFT traces from the programmatic teacher on training prompts,
+and the entropy probe of the SFT checkpoint pick from teacher traces on held-out prompts. Files: `read_records`
+rows (bad rows skipped and counted) and SFT JSONL rows {prompt, response}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from ringjax.data import PromptRecord, read_records
+from ringjax.data.sources import jsonl_rows
+from ringjax.pipeline.config import PipelineConfig
+from ringjax.pipeline.tasks import code_tasks, math_tasks, split_heldout, teacher_response
+
+SYNTHETIC = {"math": math_tasks, "code": code_tasks}
+
+
+@dataclasses.dataclass
+class RunData:
+    prompts: list[PromptRecord]  # RL prompts, all domains
+    eval: list[PromptRecord]  # held-out prompts
+    sft: list[tuple[str, str]]  # (prompt, response) texts
+    sft_eval: list[tuple[str, str]]  # held-out pairs for the SFT entropy probe ([] : SFTConfig.eval_size)
+    stats: dict  # rows read / skipped by reason, per input
+
+    def texts(self):
+        """Every text of the run (what a locally trained tokenizer learns from)."""
+        for r in self.prompts + self.eval:
+            yield r.prompt
+        for prompt, response in self.sft + self.sft_eval:
+            yield prompt
+            yield response
+
+
+def synthetic_data(cfg: PipelineConfig) -> RunData:
+    s = cfg.data.synthetic
+    rng = np.random.default_rng([cfg.seed, 1])
+    prompts, held, sft, sft_eval = [], [], [], []
+    for i, (domain, make) in enumerate(SYNTHETIC.items()):
+        n = getattr(s, domain)
+        if n == 0:
+            continue
+        train, evals = split_heldout(make(n + s.eval_per_domain, cfg.seed + 1000 * i), s.eval_per_domain, cfg.seed)
+        prompts += train
+        held += evals
+        picks = rng.choice(len(train), size=s.sft_per_domain, replace=s.sft_per_domain > len(train))
+        sft += [(train[j].prompt, teacher_response(train[j], rng, s.teacher_error_rate)) for j in picks]
+        sft_eval += [(r.prompt, teacher_response(r, rng, s.teacher_error_rate)) for r in evals]
+    if not prompts:
+        raise ValueError("data.synthetic: no domain has prompts (set data.synthetic.math and/or .code > 0)")
+    return RunData(prompts, held, sft, sft_eval, {"synthetic": dataclasses.asdict(s)})
+
+
+def file_data(cfg: PipelineConfig) -> RunData:
+    d = cfg.data
+    prompts, stats = read_records(list(d.prompts))
+    info = {"prompts": stats.as_dict()}
+    if d.eval_prompts:
+        held, eval_stats = read_records(list(d.eval_prompts))
+        info["eval_prompts"] = eval_stats.as_dict()
+    else:
+        prompts, held = split_heldout(prompts, min(d.eval_size, len(prompts) // 2), cfg.seed)
+    sft, bad = [], 0
+    for path in d.sft:
+        for row in jsonl_rows(path):
+            ok = isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)
+            if ok and row["prompt"] and row["response"]:
+                sft.append((row["prompt"], row["response"]))
+            else:
+                bad += 1
+    info["sft"] = {"rows": len(sft), "skipped": bad}
+    if not prompts:
+        raise ValueError(f"data.prompts {list(d.prompts)}: no usable prompt ({json.dumps(info['prompts'])})")
+    return RunData(prompts, held, sft, [], info)
+
+
+def build_data(cfg: PipelineConfig) -> RunData:
+    return synthetic_data(cfg) if cfg.data.source == "synthetic" else file_data(cfg)

@@ -1,0 +1,123 @@
+"""`run_pipeline`: the Ring recipe end to end. SFT -> entropy-band checkpoint -> RL stages -> eval -> HF export.
+
+Every stage writes into its own folder of `cfg.out` (`sft/`, `<stage name>/`: checkpoints and TensorBoard logs);
+`state.json` records finished stages and the held-out accuracy after each, so a rerun of the same command skips
+what is done and resumes the stage in progress from its newest checkpoint. Ctrl-C checkpoints after the current
+step and returns `{"stopped": ...}`. The final model goes to `out/hf` (safetensors + config.json + tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from ringjax.pipeline.config import PipelineConfig, check_inputs
+from ringjax.pipeline.run_dir import GracefulStop, claim, read_state, write_json
+
+Log = Callable[[str], None]
+
+
+def _progress(total: int, desc: str, enabled: bool, keys: tuple[str, ...]):
+    """(on_step callback, close) drawing a tqdm bar with a few metrics."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+    def on_step(step: int, metrics: dict) -> None:
+        bar.n = step
+        bar.set_postfix({k: f"{metrics[k]:.3g}" for k in keys if k in metrics}, refresh=False)
+        bar.refresh()
+
+    return on_step, bar.close
+
+
+def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool = True,
+                 log: Log = print, only: str | None = None) -> dict:
+    """Runs (or resumes) the pipeline of `cfg`; returns the summary written to `out/results.json`.
+
+    `only="sft"` stops after SFT and its checkpoint pick (`ringjax sft`)."""
+    check_inputs(cfg)
+    resumed = claim(cfg, overwrite)
+    from ringjax.pipeline import stages  # imports JAX: after the cheap checks
+
+    t0 = time.perf_counter()
+    out, state = cfg.out, read_state(cfg.out)
+    log(f"ringjax: {'resuming' if resumed else 'starting'} run in {out}")
+    ctx = stages.setup(cfg, log)
+    model = ctx.model
+    summary: dict = {"out": out, "resumed": resumed, "devices": ctx.devices, "mesh": ctx.mesh_shape,
+                     "params": ctx.params}
+    with GracefulStop() as stop:
+        if cfg.sft.enabled:
+            if "sft" not in state["done"]:
+                on_step, close = _progress(ctx.sft_steps, "sft", progress, ("loss", "nll_mean", "eval_entropy"))
+                try:
+                    result = stages.sft(ctx, model, on_step, stop)
+                finally:
+                    close()
+                if result["stopped"]:
+                    return _stopped(summary, "sft", result["step"], log)
+                state["done"]["sft"] = result
+                write_json(os.path.join(out, "state.json"), state)
+                log(f"sft: picked step {result['picked_step']} (eval entropy {result['entropy']:.3f}, band "
+                    f"{list(cfg.sft.entropy_band)}{'' if result['in_band'] else ', closest: none in band'})")
+            model = stages.restore(ctx, state["done"]["sft"]["picked_dir"])
+        if only == "sft":
+            summary.update(sft=state["done"]["sft"], seconds=round(time.perf_counter() - t0, 1))
+            return summary
+        points = (["sft"] if cfg.sft.enabled else ["start"]) + [s.name for s in cfg.stages]
+        _evaluate(ctx, model, points[0], state, 0)
+        rl_steps = 0
+        for stage in cfg.stages:
+            if stage.name not in state["done"]:
+                on_step, close = _progress(stage.steps, f"rl {stage.name}", progress,
+                                           ("reward_mean", "icepop_masked_frac", "response_len_mean"))
+                try:
+                    result = stages.rl(ctx, stage, model, on_step, stop)
+                finally:
+                    close()
+                if result["stopped"]:
+                    return _stopped(summary, stage.name, result["step"], log)
+                state["done"][stage.name] = result
+                write_json(os.path.join(out, "state.json"), state)
+            model = stages.restore(ctx, state["done"][stage.name]["final_dir"])
+            rl_steps += stage.steps
+            _evaluate(ctx, model, stage.name, state, rl_steps)
+        if cfg.export.enabled:
+            summary["export"] = stages.export(ctx, model)
+    summary.update(accuracy={p: state["evals"][p]["accuracy"] for p in points if p in state["evals"]},
+                   stages={k: {kk: v for kk, v in d.items() if not kk.endswith("_dir")}
+                           for k, d in state["done"].items()},
+                   plot=stages.plot(ctx, state, points), seconds=round(time.perf_counter() - t0, 1))
+    write_json(os.path.join(out, "results.json"), summary)
+    log(accuracy_table(summary["accuracy"]))
+    return summary
+
+
+def _evaluate(ctx, model, point: str, state: dict, rl_step: int) -> None:
+    if not ctx.cfg.eval.enabled or point in state["evals"]:
+        return
+    from ringjax.pipeline import stages
+
+    state["evals"][point] = {**stages.evaluate_model(ctx, model, rl_step), "rl_step": rl_step}
+    write_json(os.path.join(ctx.cfg.out, "state.json"), state)
+    acc = state["evals"][point]["accuracy"]
+    ctx.log(f"eval after {point}: " + ", ".join(f"{d} {a:.3f}" for d, a in acc.items()))
+
+
+def _stopped(summary: dict, stage: str, step: int, log: Log) -> dict:
+    log(f"ringjax: stopped in stage {stage} at step {step}; checkpoint saved. Run the same command again to resume.")
+    return {**summary, "stopped": {"stage": stage, "step": step}}
+
+
+def accuracy_table(accuracy: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per evaluation point (after SFT, after each stage), one column per domain."""
+    domains = sorted({d for acc in accuracy.values() for d in acc})
+    lines = ["| after | " + " | ".join(domains) + " | mean |", "|---" * (len(domains) + 2) + "|"]
+    for point, acc in accuracy.items():
+        cells = [f"{acc[d]:.3f}" if d in acc else "-" for d in domains]
+        mean = sum(acc.values()) / max(len(acc), 1)
+        lines.append(f"| {point} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    return "\n".join(lines)
+

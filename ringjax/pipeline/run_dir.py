@@ -1,0 +1,102 @@
+"""The output folder of a pipeline run: who owns it (`run.json`), what is done (`state.json`), Ctrl-C handling.
+
+`run.json` records the run's full config. A later run into the same folder must have the same config (it then
+resumes: finished stages are skipped, the stage in progress continues from its newest checkpoint); a different
+config is refused before any compute, naming the keys that differ. `state.json` is rewritten atomically after
+every finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+from typing import Any
+
+from ringjax.config_io import to_dict
+from ringjax.pipeline.config import PipelineConfig
+
+RUN, STATE = "run.json", "state.json"
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{prefix}{i}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def claim(cfg: PipelineConfig, overwrite: bool = False) -> bool:
+    """Takes `cfg.out` for this run; True when it resumes an earlier run of the same config.
+
+    FileExistsError when the folder holds a different run, or files that are not a ringjax run."""
+    out, mine = cfg.out, _plain(to_dict(cfg))
+    path = os.path.join(out, RUN)
+    if overwrite and os.path.isdir(out):
+        if os.listdir(out) and not os.path.isfile(path):
+            raise FileExistsError(f"--overwrite: {out} is not a ringjax run folder (no {RUN}); remove it yourself")
+        shutil.rmtree(out)
+    if os.path.isfile(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        differ = _diff(theirs, mine)
+        if differ:
+            raise FileExistsError(f"output folder {out} holds a different run (config differs in {differ[:6]}); "
+                                  f"choose another out=..., or pass --overwrite to replace it")
+        return True
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f"output folder {out} exists, is not empty and holds no ringjax run ({RUN})")
+    os.makedirs(out, exist_ok=True)
+    write_json(path, mine)
+    return False
+
+
+def write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_state(out: str) -> dict:
+    path = os.path.join(out, STATE)
+    if not os.path.isfile(path):
+        return {"done": {}, "evals": {}}
+    with open(path) as f:
+        return json.load(f)
+
+
+class GracefulStop:
+    """While active, the first SIGINT (Ctrl-C) only sets `requested` (the trainers then checkpoint after the
+    current step and return); a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nringjax: stopping after this step to save a checkpoint (Ctrl-C again to abort without saving)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

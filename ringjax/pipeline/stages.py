@@ -1,0 +1,227 @@
+"""The pipeline's stages as functions of a shared `Context` (mesh, data, tokenizer, starting model, rewards)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+
+import jax
+
+from ringjax.data.records import PromptRecord
+from ringjax.model import Ling
+from ringjax.pipeline.config import PipelineConfig, StageSection
+from ringjax.pipeline.data import RunData, build_data
+from ringjax.pipeline.evaluate import evaluate
+from ringjax.pipeline.tokenizer import Tokenizer, train_tokenizer
+from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
+from ringjax.trainer.sft import SFTExample, eval_entropies, train_sft
+from rollout.rewards import RewardRouter
+from rollout.types import SamplingParams
+
+
+@dataclasses.dataclass
+class Context:
+    cfg: PipelineConfig
+    log: Callable[[str], None]
+    mesh: jax.sharding.Mesh
+    data: RunData
+    tokenizer: Tokenizer
+    model: Ling
+
+    @property
+    def devices(self) -> int:
+        return jax.device_count()
+
+    @property
+    def mesh_shape(self) -> dict[str, int]:
+        return dict(self.mesh.shape)
+
+    @property
+    def params(self) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: _state(self.model)))))
+
+    @property
+    def sft_steps(self) -> int:
+        return self.cfg.sft.train.total_steps(len(self.data.sft))
+
+    def compute(self) -> dict:
+        return self.cfg.model.overrides.get("compute", {})
+
+
+def _state(model):
+    from flax import nnx
+
+    return nnx.state(model)
+
+
+def setup(cfg: PipelineConfig, log) -> Context:
+    from ringjax.sharding import initialize_distributed, make_mesh
+
+    if cfg.mesh.distributed:
+        initialize_distributed()
+    mesh = make_mesh(**cfg.mesh.axes())
+    data = build_data(cfg)
+    tokenizer = _tokenizer(cfg, data, log)
+    model = _initial_model(cfg, tokenizer, mesh)
+    log(f"ringjax: {len(data.prompts)} RL prompts, {len(data.eval)} held out, {len(data.sft)} SFT pairs; "
+        f"tokenizer vocab {tokenizer.vocab_size}; {jax.device_count()} devices, mesh {dict(mesh.shape)}")
+    return Context(cfg, log, mesh, data, tokenizer, model)
+
+
+def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
+    folder = os.path.join(cfg.out, "tokenizer")
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return Tokenizer.load(folder)
+    kind = cfg.tokenizer.kind
+    if kind == "hf":
+        tok = Tokenizer.load(cfg.tokenizer.path or cfg.model.hf_path)
+    elif kind == "bpe":
+        tok = train_tokenizer(data.texts(), cfg.tokenizer.vocab_size)
+        log(f"ringjax: trained a byte-level BPE tokenizer, {tok.vocab_size} tokens")
+    else:
+        raise ValueError("tokenizer.kind=byte is not supported by the pipeline (it exports no tokenizer files); "
+                         "use bpe or hf")
+    tok.save(folder)
+    return tok
+
+
+def _initial_model(cfg: PipelineConfig, tok: Tokenizer, mesh) -> Ling:
+    from ringjax.hf import from_pretrained
+    from ringjax.model import create_model
+    from ringjax.pipeline.plan import model_config
+
+    m = cfg.model
+    compute = m.overrides.get("compute", {})
+    if m.hf_path or m.checkpoint:
+        model = from_pretrained(m.hf_path, mesh, **compute) if m.hf_path else restore_model(m.checkpoint, mesh,
+                                                                                            **compute)
+        if m.preset:
+            _check_architecture(model_config(cfg), model.config, m.hf_path or m.checkpoint)
+    else:
+        mcfg = model_config(cfg)
+        extra = dict(mcfg.hf_extra) | {"eos_token_id": str(tok.eos_id), "pad_token_id": str(tok.pad_id)}
+        with jax.set_mesh(mesh):
+            model = create_model(mcfg.replace(hf_extra=tuple(sorted(extra.items()))), mesh, seed=cfg.seed)
+    if model.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"model vocab_size={model.config.vocab_size} < tokenizer vocab {tok.vocab_size}")
+    return model
+
+
+def _check_architecture(want, got, source: str) -> None:
+    a, b = want.to_dict(), got.to_dict()
+    differ = sorted(k for k in a if k not in ("compute", "hf_extra") and a[k] != b.get(k))
+    if differ:
+        raise ValueError(f"{source} is not the configured model.preset: it differs in {differ} "
+                         f"({', '.join(f'{k}={b.get(k)!r} vs {a[k]!r}' for k in differ[:3])})")
+
+
+def restore(ctx: Context, step_dir: str) -> Ling:
+    return restore_model(step_dir, ctx.mesh, **ctx.compute())
+
+
+def _examples(ctx: Context, pairs) -> list[SFTExample]:
+    enc, eos = ctx.tokenizer.encode, ctx.tokenizer.eos_id
+    return [SFTExample(enc(p), enc(r) + [eos], id=i) for i, (p, r) in enumerate(pairs)]
+
+
+def sft(ctx: Context, model: Ling, on_step, stop) -> dict:
+    cfg, run_dir = ctx.cfg, os.path.join(ctx.cfg.out, "sft")
+    evals = _examples(ctx, ctx.data.sft_eval) or None
+    result = train_sft(model, _examples(ctx, ctx.data.sft), cfg.sft.train, run_dir, mesh=ctx.mesh,
+                       eval_examples=evals, on_step=on_step, should_stop=stop)
+    step = int(result.state.step)
+    if result.stopped:
+        return {"stopped": True, "step": step}
+    picked, entropy, in_band = pick(run_dir, cfg.sft.entropy_band, cfg.sft.band_miss)
+    return {"stopped": False, "step": step, "picked_step": picked, "entropy": entropy, "in_band": in_band,
+            "skipped": result.skipped, "picked_dir": os.path.join(run_dir, "checkpoints", str(picked))}
+
+
+def pick(run_dir: str, band: tuple[float, float], miss: str) -> tuple[int, float, bool]:
+    """(step, entropy, inside the band) of the SFT checkpoint RL starts from."""
+    from ringjax.trainer.sft import pick_checkpoint
+
+    try:
+        return (*pick_checkpoint(run_dir, band), True)
+    except ValueError:
+        if miss != "closest":
+            raise
+    known = {s: e for s, e in eval_entropies(run_dir).items() if e is not None and math.isfinite(e)}
+    if not known:
+        raise ValueError(f"{run_dir}: no checkpoint recorded an eval entropy")
+    lo, hi = band
+    step = min(known, key=lambda s: (max(lo - known[s], known[s] - hi, 0.0), -s))
+    return step, known[step], False
+
+
+def _records(ctx: Context, stage: StageSection) -> list[PromptRecord]:
+    records = [r for r in ctx.data.prompts if r.domain in stage.domains]
+    if not records:
+        raise ValueError(f"stage {stage.name}: no RL prompt of domains {sorted(stage.domains)}")
+    return records
+
+
+def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop) -> dict:
+    from ringjax.trainer.rl import train_rl
+
+    cfg = ctx.cfg.stage_rl(stage)
+    if cfg.eos_id is None:
+        cfg = dataclasses.replace(cfg, eos_id=ctx.tokenizer.eos_id)
+    run_dir = os.path.join(ctx.cfg.out, stage.name)
+    result = train_rl(model, _records(ctx, stage), RewardRouter(), cfg, run_dir=run_dir, mesh=ctx.mesh,
+                      encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode, on_step=on_step, should_stop=stop)
+    step = int(result.state.step)
+    if result.stopped:
+        return {"stopped": True, "step": step}
+    rewards = [h["reward_mean"] for h in result.history]
+    return {"stopped": False, "step": step, "final_dir": latest_step_dir(run_dir),
+            "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
+
+
+def evaluate_model(ctx: Context, model: Ling, rl_step: int) -> dict:
+    from ringjax.trainer.metrics import MetricsWriter
+
+    e, rl_cfg = ctx.cfg.eval, ctx.cfg.rl
+    max_new = e.max_new_tokens or rl_cfg.max_new_tokens
+    sampling = SamplingParams(e.temperature if e.temperature is not None else rl_cfg.temperature, 1.0, max_new,
+                              (ctx.tokenizer.eos_id,))
+    result = evaluate(model, ctx.data.eval, RewardRouter(), encode=ctx.tokenizer.encode,
+                      decode=ctx.tokenizer.decode, sampling=sampling, samples=e.samples, slots=e.slots,
+                      max_context=rl_cfg.max_prompt_len + max_new, seed=ctx.cfg.seed, mesh=ctx.mesh)
+    writer = MetricsWriter(os.path.join(ctx.cfg.out, "logs", "eval"), prefix="eval",
+                           enabled=jax.process_index() == 0)
+    try:
+        acc = result["accuracy"]
+        writer.write(rl_step, {**{f"accuracy_{d}": a for d, a in acc.items()},
+                               "accuracy_mean": sum(acc.values()) / len(acc),
+                               **{f"response_len_{d}": v for d, v in result["response_len"].items()}})
+    finally:
+        writer.close()
+    return result
+
+
+def export(ctx: Context, model: Ling) -> str:
+    from ringjax.hf import save_pretrained
+
+    e = ctx.cfg.export
+    path = save_pretrained(model, os.path.join(ctx.cfg.out, "hf"), dtype=e.dtype, max_shard_size=e.max_shard_size,
+                           overwrite=True)
+    ctx.tokenizer.save(path)
+    ctx.log(f"ringjax: exported the final model with its tokenizer to {path}")
+    return path
+
+
+def plot(ctx: Context, state: dict, points: list[str]) -> str | None:
+    from ringjax.pipeline.report import plot_curves
+
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(ctx.cfg.out, "curves.png")
+    stages = [(s.name, os.path.join(ctx.cfg.out, s.name, "logs")) for s in ctx.cfg.stages]
+    plot_curves(path, stages, {p: state["evals"][p] for p in points if p in state["evals"]})
+    with open(os.path.join(ctx.cfg.out, "evals.json"), "w") as f:
+        json.dump(state["evals"], f, indent=2)
+    return path

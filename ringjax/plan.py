@@ -1,0 +1,200 @@
+"""Per-device memory of training a Ling model on a named mesh, from shapes alone (`ringjax plan CONFIG`).
+
+Nothing is allocated and no devices are needed: the model is built with `abstract_model` (eval_shape) and its
+variables are laid out by the project's own rules, `ringjax.sharding.state_shardings` on a
+`jax.sharding.AbstractMesh`, so a mesh that does not divide a parameter fails with the same error as
+`create_model`. Parameter, gradient and optimizer sizes are exact per-device shard sizes; activations and the
+log-prob working set are estimates (`activation_bytes`, `logits_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+from flax import nnx
+
+from ringjax.model import LingConfig, abstract_model, count_params
+from ringjax.sharding import MESH_AXES, batch_shards, state_shardings
+from ringjax.trainer.state import split_model
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_SIZES = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "logits_bytes", "kv_cache_bytes",
+          "total_bytes", "device_memory_bytes")
+_STACKS = ("dense_layers", "moe_layers")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device; `fits` compares `total_bytes` with `headroom * device_memory_bytes`."""
+
+    mesh: dict[str, int]
+    devices: int
+    params_total: int
+    params_active: int
+    param_bytes: int  # trainable + frozen, each in its own dtype (compute.param_dtype; ExpertBias float32)
+    grad_bytes: int  # float32 accumulator of the trainable params
+    optimizer_bytes: int  # AdamW mu + nu of the trainable params
+    activation_bytes: int
+    logits_bytes: int
+    kv_cache_bytes: int  # rollout engine KV cache when it shares the trainer's devices (0: engine elsewhere)
+    total_bytes: int
+    device_memory_bytes: int | None
+    fits: bool | None
+    largest_params: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (name, global shape, shard shape)
+    headroom: float = 0.9
+
+    def as_dict(self) -> dict:
+        """JSON-able fields, plus every `*_bytes` size as `*_gib` (2 decimals)."""
+        out = dataclasses.asdict(self)
+        out["largest_params"] = [{"name": n, "shape": list(s), "shard_shape": list(d)}
+                                 for n, s, d in self.largest_params]
+        for key in _SIZES:
+            value = getattr(self, key)
+            out[key.replace("_bytes", "_gib")] = None if value is None else round(value / GiB, 2)
+        return out
+
+    def table(self) -> str:
+        """One line per item in GiB, ending with the `fits:` verdict."""
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        lines = [f"mesh: {mesh} ({self.devices} devices)",
+                 f"params: {_count(self.params_total)} total, {_count(self.params_active)} active"]
+        for label, key in (("parameters", "param_bytes"), ("gradients", "grad_bytes"),
+                           ("optimizer", "optimizer_bytes"), ("activations (est.)", "activation_bytes"),
+                           ("log-probs (est.)", "logits_bytes"), ("rollout KV cache", "kv_cache_bytes"),
+                           ("total", "total_bytes")):
+            lines.append(f"{label + ':':<20}{getattr(self, key) / GiB:10.2f} GiB")
+        lines.append("largest parameters per device:")
+        for name, shape, shard in self.largest_params:
+            lines.append(f"  {name} {shape} -> {shard}")
+        if self.device_memory_bytes is None:
+            lines.append("fits: unknown (no device_memory_gb)")
+        else:
+            usable = self.headroom * self.device_memory_bytes / GiB
+            lines.append(f"fits: {'yes' if self.fits else 'no'} ({self.total_bytes / GiB:.2f} of {usable:.2f} GiB)")
+        return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def mesh_sizes(mesh: Mapping[str, int]) -> dict[str, int]:
+    """All four mesh axes (missing ones 1); ValueError for an unknown axis or a non-positive size."""
+    unknown = sorted(set(mesh) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"unknown mesh axis name(s) {unknown}; expected {MESH_AXES}")
+    sizes = {a: mesh.get(a, 1) for a in MESH_AXES}
+    for axis, size in sizes.items():
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"mesh axis {axis!r} has size {size!r}; sizes must be positive integers")
+    return sizes
+
+
+class _Shard(NamedTuple):
+    name: str  # "moe_layers/wg"
+    shape: tuple[int, ...]  # global
+    shard: tuple[int, ...]  # per device
+    itemsize: int
+    spec: tuple  # PartitionSpec entries, one per dimension
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shard)
+
+
+def _shards(state: nnx.State, mesh: jax.sharding.AbstractMesh) -> list[_Shard]:
+    """Per-device layout of every variable, by `state_shardings` (which checks divisibility)."""
+    out = []
+    flat_shardings = dict(nnx.to_flat_state(state_shardings(state, mesh)))
+    for path, variable in nnx.to_flat_state(state):
+        spec = tuple(flat_shardings[path].spec) + (None,) * variable.ndim
+        shard = []
+        for size, part in zip(variable.shape, spec):
+            parts = (part,) if isinstance(part, str) else (part or ())
+            shard.append(-(-size // math.prod(mesh.shape[a] for a in parts)))
+        itemsize = jax.numpy.dtype(variable.get_value().dtype).itemsize
+        out.append(_Shard("/".join(map(str, path)), tuple(variable.shape), tuple(shard), itemsize, spec))
+    return out
+
+
+def activation_bytes(cfg: LingConfig, tokens: int, tensor: int, layer_weights: int) -> int:
+    """Estimated bytes of one micro-batch's forward + backward activations on one device (not a measurement).
+
+    Per token and decoder layer, with h = hidden_size, t = tensor size, b = bytes of compute.dtype:
+    - remat "none": (10 + 24 / t) * h * b / 2 (Korthikanti et al. 2022, "Reducing activation recomputation",
+      16-bit bytes per token per layer with tensor parallelism, without the 5as/h attention-score term: scores
+      are never materialised by a fused attention), plus 3 * top_k * moe_intermediate_size / t * b per MoE
+      layer for the routed experts' gate, up and product;
+    - "full": h * b (only the layer input is saved);
+    - "dots", "dots_no_batch": the mean of the two.
+    Plus the working set of one layer's backward: its "none" activations when rematerialised, and its weights
+    gathered over fsdp (`layer_weights` elements per device) in compute.dtype, twice (weights and gradients).
+    """
+    b = DTYPE_BYTES[cfg.compute.dtype]
+    dense = (10 + 24 / tensor) * cfg.hidden_size * b / 2
+    moe = dense + 3 * cfg.num_experts_per_tok * cfg.moe_intermediate_size / tensor * b
+    none = cfg.num_dense_layers * dense + cfg.num_moe_layers * moe
+    full = cfg.num_hidden_layers * cfg.hidden_size * b
+    saved = {"none": none, "full": full}.get(cfg.compute.remat, (none + full) / 2)
+    recompute = 0.0 if cfg.compute.remat == "none" else (moe if cfg.num_moe_layers else dense)
+    return math.ceil(tokens * (saved + recompute) + 2 * layer_weights * b)
+
+
+def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, seq_len: int,
+                device_memory_gb: float | None = None, headroom: float = 0.9,
+                optimizer_dtype: str = "float32", kv_slots: int = 0, kv_context: int = 0) -> MemoryPlan:
+    """Per-device memory of training `model_cfg` on a mesh of `mesh` sizes with micro-batches of `rows` x `seq_len`.
+
+    `device_memory_gb` is the per-device capacity in GiB (2**30 bytes); the plan fits when the total is at most
+    `headroom` of it. Not counted: the per-micro-batch gradient before it is added to the float32 accumulator,
+    XLA temporaries and fragmentation. `kv_slots` x `kv_context`: the embedded rollout engine's KV cache when it
+    runs on the same devices (rows sharded over the batch axes, KV heads over `tensor`, compute dtype).
+    """
+    sizes = mesh_sizes(mesh)
+    for name, value in (("rows", rows), ("seq_len", seq_len)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    if optimizer_dtype not in DTYPE_BYTES:
+        raise ValueError(f"optimizer_dtype={optimizer_dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
+    if not 0 < headroom <= 1:
+        raise ValueError(f"headroom={headroom} must lie in (0, 1]")
+    if device_memory_gb is not None and not device_memory_gb > 0:
+        raise ValueError(f"device_memory_gb={device_memory_gb} must be positive")
+    abstract_mesh = jax.sharding.AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+    _, trainable, frozen = split_model(abstract_model(model_cfg))
+    train_shards, frozen_shards = _shards(trainable, abstract_mesh), _shards(frozen, abstract_mesh)
+    param = sum(s.size * s.itemsize for s in train_shards + frozen_shards)
+    n_train = sum(s.size for s in train_shards)
+    grad, optimizer = 4 * n_train, 2 * DTYPE_BYTES[optimizer_dtype] * n_train
+    # One layer's weights as the forward sees them: gathered over fsdp, still split over expert / tensor.
+    per_stack = {k: 0 for k in _STACKS}
+    for s in train_shards:
+        stack = s.name.split("/")[0]
+        if stack in per_stack:
+            gathered = any(p == "fsdp" or (isinstance(p, tuple) and "fsdp" in p) for p in s.spec)
+            per_stack[stack] += s.size * (sizes["fsdp"] if gathered else 1) // s.shape[0]
+    rows_per_device = -(-rows // batch_shards(abstract_mesh))
+    tensor = sizes["tensor"]
+    act = activation_bytes(model_cfg, rows_per_device * seq_len, tensor, max(per_stack.values()))
+    chunk = min(model_cfg.compute.logprob_chunk, max(seq_len - 1, 1))
+    logits = rows_per_device * chunk * -(-model_cfg.vocab_size // tensor) * 4 * 2
+    kv_heads = -(-model_cfg.num_key_value_heads // tensor)
+    kv = (-(-kv_slots // batch_shards(abstract_mesh)) * kv_context * model_cfg.num_hidden_layers * 2 * kv_heads
+          * model_cfg.head_dim * DTYPE_BYTES[model_cfg.compute.dtype])
+    total = param + grad + optimizer + act + logits + kv
+    capacity = None if device_memory_gb is None else int(device_memory_gb * GiB)
+    largest = sorted(train_shards + frozen_shards, key=lambda s: -s.size * s.itemsize)[:5]
+    count = count_params(model_cfg)
+    return MemoryPlan(
+        mesh=sizes, devices=math.prod(sizes.values()), params_total=count.total, params_active=count.active,
+        param_bytes=param, grad_bytes=grad, optimizer_bytes=optimizer, activation_bytes=act, logits_bytes=logits,
+        kv_cache_bytes=kv,
+        total_bytes=total, device_memory_bytes=capacity,
+        fits=None if capacity is None else total <= headroom * capacity,
+        largest_params=[(s.name, s.shape, s.shard) for s in largest], headroom=headroom)
+
