@@ -41,6 +41,7 @@ def _train(args, only: str | None = None) -> int:
 
 
 def _eval(args) -> int:
+    from ringjax.hf import from_pretrained
     from ringjax.pipeline import stages
     from ringjax.pipeline.run import accuracy_table
 
@@ -48,15 +49,13 @@ def _eval(args) -> int:
     if not os.path.isfile(os.path.join(cfg.out, "tokenizer", "tokenizer.json")) and cfg.tokenizer.kind == "bpe":
         raise FileNotFoundError(f"{cfg.out} has no trained tokenizer: run `ringjax train` (or sft) with this config "
                                 "first, or point out=... at its run folder")
+    target = args.hf or args.checkpoint or os.path.join(cfg.out, "hf")
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"{target} does not exist (the run's export); pass --hf or --checkpoint")
     ctx = stages.setup(cfg, print)
-    model = ctx.model
-    if args.hf:
-        from ringjax.hf import from_pretrained
-        model = from_pretrained(args.hf, ctx.mesh)
-    elif args.checkpoint:
-        model = stages.restore(ctx, args.checkpoint)
-    result = stages.evaluate_model(ctx, model, 0)
-    print(accuracy_table({args.hf or args.checkpoint or "start": result["accuracy"]}))
+    model = stages.restore(ctx, args.checkpoint) if args.checkpoint else from_pretrained(target, ctx.mesh)
+    result = stages.evaluate_model(ctx, model, 0, log=False)
+    print(accuracy_table({target: result["accuracy"]}))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -165,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("eval", help="held-out accuracy of a run's model (or of --hf / --checkpoint)")
+    p = sub.add_parser("eval", help="held-out accuracy of a run's exported model (or of --hf / --checkpoint)")
     _config_args(p)
     p.add_argument("--hf", help="evaluate this HF folder")
     p.add_argument("--checkpoint", help="evaluate this Orbax checkpoint (step folder or run folder)")

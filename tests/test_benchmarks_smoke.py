@@ -30,3 +30,17 @@ def test_rollout_bench_compares_sync_and_c3po_pp(tmp_path):
         assert run["steps"][0]["trained_tokens"] == 16 and run["rollout_s"]["median"] > 0
     assert set(summary["ratios_sync_over_c3po"]["c3po++ sigma=2"]) == {
         "rollout_median", "rollout_mean", "e2e_median", "e2e_mean"}
+
+
+def test_demo_seeds_aggregates_finished_runs(tmp_path):
+    """Finished run folders are read, not rerun: the noise is the sample std over seeds, margins are per seed."""
+    bench = _load("demo_seeds")
+    acc = {0: {"sft": {"math": 0.4, "code": 0.7}, "math": {"math": 0.6, "code": 0.7}},
+           1: {"sft": {"math": 0.5, "code": 0.6}, "math": {"math": 0.6, "code": 0.8}}}
+    for seed, a in acc.items():
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"accuracy": a, "seconds": 100 + seed}))
+    summary = bench.main(["--seeds", "0,1", "--root", str(tmp_path)])
+    assert summary["accuracy"]["sft"]["math"] == {"mean": 0.45, "std": 0.0707, "values": [0.4, 0.5]}
+    assert summary["margin_over_sft"]["math"]["math"]["values"] == [0.2, 0.1]
+    assert summary["margin_over_sft"]["math"]["mean"]["values"] == [0.1, 0.15]

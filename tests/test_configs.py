@@ -1,5 +1,6 @@
 """Run configs: every YAML in configs/ loads into its dataclass; mistakes fail naming the key or value."""
 
+import json
 import os
 
 import pytest
@@ -40,3 +41,81 @@ def test_overrides():
 def test_bad_values_name_the_culprit(override, culprit):
     with pytest.raises(ValueError, match=culprit.replace(".", r"\.").replace("(", r"\(")):
         load_config(RLConfig, os.path.join(CONFIGS, "tiny_rl.yaml"), [override])
+
+
+RECIPES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml") and not f.endswith("_rl.yaml"))
+
+
+def test_every_config_file_is_covered():
+    rl_sections = {f for f in os.listdir(CONFIGS) if f.endswith("_rl.yaml")}
+    assert set(os.listdir(CONFIGS)) - {"README.md"} == set(RECIPES) | rl_sections
+    assert {"ring_lite.yaml", "ring_1t_tpu_pod.yaml", "ring_1t_gpu_sglang.yaml", "ring_mini_2_8gpu.yaml"} <= set(
+        RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipes_load_and_fit_by_plan(name):
+    """Each recipe loads strictly and `ringjax plan` (abstract model on the configured mesh) says every phase fits."""
+    from ringjax.pipeline.config import load_pipeline
+    from ringjax.pipeline.plan import plan_pipeline
+
+    cfg = load_pipeline(os.path.join(CONFIGS, name))
+    plans = plan_pipeline(cfg)
+    assert set(plans) == {"sft"} | {f"rl {s.name}" for s in cfg.stages}
+    for phase, plan in plans.items():
+        assert plan.fits is True, f"{name} {phase}:\n{plan.table()}"
+        assert plan.param_bytes * plan.devices < 1.5 * 2 * plan.params_total  # bf16 weights sharded, not replicated
+    for stage in cfg.stages:
+        rl = cfg.stage_rl(stage)
+        assert rl.loss.correction in ("icepop", "none") and rl.rows % plans[f"rl {stage.name}"].devices == 0
+
+
+def test_ring_1t_recipes_are_ring_1t():
+    from ringjax.pipeline.config import load_pipeline
+
+    for name, engine in (("ring_1t_tpu_pod.yaml", "jax"), ("ring_1t_gpu_sglang.yaml", "sglang")):
+        cfg = load_pipeline(os.path.join(CONFIGS, name))
+        rl = cfg.stage_rl(cfg.stages[0])
+        assert (cfg.model.preset, rl.loss.correction, rl.rollout.mode, rl.rollout.engine) == (
+            "ring-1t", "icepop", "c3po++", engine)
+        assert (rl.optim.lr, rl.loss.alpha, rl.loss.beta, rl.samples_per_prompt) == (2e-6, 0.5, 5.0, 8)
+
+
+def test_the_full_ring_1t_length_does_not_fit_without_sequence_parallelism():
+    """The plan is not a rubber stamp: Ring-1T's 65,536-token responses need more activation memory than a chip has."""
+    from ringjax.pipeline.config import load_pipeline
+    from ringjax.pipeline.plan import plan_pipeline
+
+    cfg = load_pipeline(os.path.join(CONFIGS, "ring_1t_tpu_pod.yaml"), ["rl.max_new_tokens=65536", "rl.seq_len=69632"])
+    plan = plan_pipeline(cfg)["rl reasoning"]
+    assert plan.fits is False and plan.activation_bytes > plan.device_memory_bytes
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["train", "no/such.yaml"], "no/such.yaml"),
+    (["train", "stepz=3"], "stepz"),
+    (["train", "rl.rollout.mode=fast"], "rollout.mode='fast'"),
+    (["train", "stages.0.rl.loss.alpah=0.4"], "loss.alpah"),
+    (["train", "rl.optim.lr=fast"], "rl.optim.lr='fast' is not a number"),
+    (["train", os.path.join(CONFIGS, "ring_lite.yaml"), "out=run"], "data.prompts: data/ring_lite/math.jsonl"),
+    (["sft", "data.synthetic.teacher_error_rate=2"], "teacher_error_rate=2"),
+    (["plan", "mesh.tensor=0"], "mesh.tensor=0"),
+])
+def test_bad_input_exits_before_any_compute(argv, culprit, capsys, tmp_path, monkeypatch):
+    from ringjax.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "out=run"] if argv[0] == "train" and "out=run" not in argv else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ringjax {argv[0]}: error:") and culprit in err, err
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "runs")
+
+
+def test_plan_command(capsys):
+    from ringjax.cli import main
+
+    assert main(["plan", os.path.join(CONFIGS, "ring_mini_2_8gpu.yaml"), "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert set(plans) == {"sft", "rl math", "rl code"} and plans["rl math"]["kv_cache_bytes"] > 0
+    assert main(["plan", os.path.join(CONFIGS, "ring_mini_2_8gpu.yaml"), "--device-memory-gb", "16"]) == 1
+    assert "fits: no" in capsys.readouterr().out

@@ -117,3 +117,14 @@ def test_the_export_loads_in_sglang_with_its_tokenizer(run):
     model = from_pretrained(export)
     want = jax.jit(lambda t: model.token_logprobs(t)[0])(jnp.asarray([seq], jnp.int32))[0]
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
+def test_eval_command_scores_any_stage_checkpoint(run, capsys):
+    from ringjax.cli import main
+
+    assert main(["eval", f"out={run['out']}", *SHORT, "--checkpoint", os.path.join(run["out"], "math")]) == 0
+    out = capsys.readouterr().out
+    table, rest = out.split("\n{", 1)
+    result = json.loads("{" + rest)
+    assert set(result["accuracy"]) == {"math", "code"} and result["prompts"] == {"math": 8, "code": 8}
+    assert f"{result['accuracy']['code']:.3f}" in table

@@ -75,15 +75,15 @@ class MeshSection:
 @dataclasses.dataclass(frozen=True)
 class TokenizerSection:
     """`bpe`: byte-level BPE trained at start-up on the run's own texts (the demo); `hf`: a tokenizer.json folder
-    (defaults to model.hf_path); `byte`: raw UTF-8 bytes (vocab 256 + pad/eos)."""
+    (defaults to model.hf_path). Either way the run keeps a copy in `out/tokenizer` and exports it with the model."""
 
-    kind: Literal["bpe", "hf", "byte"] = "bpe"
+    kind: Literal["bpe", "hf"] = "bpe"
     vocab_size: int = 512
     path: str | None = None
 
     def __post_init__(self):
-        if self.kind not in ("bpe", "hf", "byte"):
-            raise ValueError(f"tokenizer.kind={self.kind!r} is not 'bpe', 'hf' or 'byte'")
+        if self.kind not in ("bpe", "hf"):
+            raise ValueError(f"tokenizer.kind={self.kind!r} is not 'bpe' or 'hf'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +96,10 @@ class SyntheticSection:
     sft_per_domain: int = 0
     eval_per_domain: int = 64
     teacher_error_rate: float = 0.3
+    math_max_operand: int = 9  # operands of the arithmetic prompts lie in 0..math_max_operand
 
     def __post_init__(self):
-        for name in ("math", "code", "sft_per_domain", "eval_per_domain"):
+        for name in ("math", "code", "sft_per_domain", "eval_per_domain", "math_max_operand"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.synthetic.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.teacher_error_rate <= 1.0:

@@ -9,6 +9,7 @@ rows (bad rows skipped and counted) and SFT JSONL rows {prompt, response}.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -18,7 +19,6 @@ from ringjax.data.sources import jsonl_rows
 from ringjax.pipeline.config import PipelineConfig
 from ringjax.pipeline.tasks import code_tasks, math_tasks, split_heldout, teacher_response
 
-SYNTHETIC = {"math": math_tasks, "code": code_tasks}
 
 
 @dataclasses.dataclass
@@ -42,7 +42,8 @@ def synthetic_data(cfg: PipelineConfig) -> RunData:
     s = cfg.data.synthetic
     rng = np.random.default_rng([cfg.seed, 1])
     prompts, held, sft, sft_eval = [], [], [], []
-    for i, (domain, make) in enumerate(SYNTHETIC.items()):
+    makers = {"math": functools.partial(math_tasks, max_operand=s.math_max_operand), "code": code_tasks}
+    for i, (domain, make) in enumerate(makers.items()):
         n = getattr(s, domain)
         if n == 0:
             continue

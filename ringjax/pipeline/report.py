@@ -34,8 +34,9 @@ def plot_curves(path: str, stages: Sequence[tuple[str, str]], evals: Mapping[str
         ys = [evals[p]["accuracy"][domain] for p in points if domain in evals[p]["accuracy"]]
         right.plot(xs, ys, marker="o", label=domain)
     for p in points:
-        right.annotate(p, (evals[p]["rl_step"], 0.02), fontsize=8, ha="center")
+        right.annotate(f"after {p}", (evals[p]["rl_step"], 0.98), fontsize=8, ha="center", va="top")
     right.set(title="held-out accuracy (mean over samples)", xlabel="RL step", ylabel="accuracy", ylim=(0, 1))
+    right.margins(x=0.1)
     right.legend(loc="lower right")
     fig.tight_layout()
     tmp = f"{path}.tmp.png"

@@ -41,7 +41,9 @@ class Context:
 
     @property
     def params(self) -> int:
-        return int(sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: _state(self.model)))))
+        from flax import nnx
+
+        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self.model))))
 
     @property
     def sft_steps(self) -> int:
@@ -49,12 +51,6 @@ class Context:
 
     def compute(self) -> dict:
         return self.cfg.model.overrides.get("compute", {})
-
-
-def _state(model):
-    from flax import nnx
-
-    return nnx.state(model)
 
 
 def setup(cfg: PipelineConfig, log) -> Context:
@@ -78,12 +74,9 @@ def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
     kind = cfg.tokenizer.kind
     if kind == "hf":
         tok = Tokenizer.load(cfg.tokenizer.path or cfg.model.hf_path)
-    elif kind == "bpe":
+    else:
         tok = train_tokenizer(data.texts(), cfg.tokenizer.vocab_size)
         log(f"ringjax: trained a byte-level BPE tokenizer, {tok.vocab_size} tokens")
-    else:
-        raise ValueError("tokenizer.kind=byte is not supported by the pipeline (it exports no tokenizer files); "
-                         "use bpe or hf")
     tok.save(folder)
     return tok
 
@@ -181,7 +174,8 @@ def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop) -> dict:
             "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
 
 
-def evaluate_model(ctx: Context, model: Ling, rl_step: int) -> dict:
+def evaluate_model(ctx: Context, model: Ling, rl_step: int, log: bool = True) -> dict:
+    """Held-out accuracy of `model`; logged to `out/logs/eval` at `rl_step` when `log`."""
     from ringjax.trainer.metrics import MetricsWriter
 
     e, rl_cfg = ctx.cfg.eval, ctx.cfg.rl
@@ -192,7 +186,7 @@ def evaluate_model(ctx: Context, model: Ling, rl_step: int) -> dict:
                       decode=ctx.tokenizer.decode, sampling=sampling, samples=e.samples, slots=e.slots,
                       max_context=rl_cfg.max_prompt_len + max_new, seed=ctx.cfg.seed, mesh=ctx.mesh)
     writer = MetricsWriter(os.path.join(ctx.cfg.out, "logs", "eval"), prefix="eval",
-                           enabled=jax.process_index() == 0)
+                           enabled=log and jax.process_index() == 0)
     try:
         acc = result["accuracy"]
         writer.write(rl_step, {**{f"accuracy_{d}": a for d, a in acc.items()},
