@@ -142,6 +142,24 @@ def test_resume_after_a_crash_is_bit_exact(uninterrupted, tmp_path):
     assert eval_entropies(run_dir) == eval_entropies(want_dir)
 
 
+def test_should_stop_checkpoints_then_resume_is_bit_exact(uninterrupted, tmp_path):
+    """A graceful stop (Ctrl-C in `ringjax train`) after step 8 saves step 8; the resumed run ends bit-identical, and
+    the stop checkpoint records no evaluation, so the entropy pick sees the same candidates."""
+    want, want_dir = uninterrupted
+    run_dir = str(tmp_path / "run")
+    steps = []
+    stopped = train_sft(_model(), TRAIN, CFG, run_dir, eval_examples=EVAL, on_step=lambda s, m: steps.append(s),
+                        should_stop=lambda: len(steps) == 7)  # checked after step 8, before its on_step
+    assert stopped.stopped and int(stopped.state.step) == 8 and steps == list(range(1, 9))
+    assert sorted(int(d) for d in os.listdir(os.path.join(run_dir, "checkpoints")) if d.isdigit()) == [6, 8]
+    resumed = train_sft(_model(), TRAIN, CFG, run_dir, eval_examples=EVAL)
+    assert not resumed.stopped and [h["step"] for h in resumed.history] == list(range(9, 20))
+    for got, ref in zip(_params(resumed.state), _params(want.state), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    assert eval_entropies(run_dir) == {**eval_entropies(want_dir), 8: None}
+    assert pick_checkpoint(run_dir, (0.0, 100.0)) == pick_checkpoint(want_dir, (0.0, 100.0))
+
+
 def test_resume_refuses_another_dataset(uninterrupted):
     _, run_dir = uninterrupted
     with pytest.raises(ValueError, match="cannot resume .* step 19"):

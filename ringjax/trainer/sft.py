@@ -255,7 +255,8 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
 
     `examples` / `eval_examples`: `SFTExample`s or (prompt_ids, response_ids) pairs. `on_step(step, metrics)`
     runs after each step (and its checkpoint save). When `should_stop()` turns true after a step, that step is
-    checkpointed (with its evaluation) and the run returns (`stopped`)."""
+    checkpointed and the run returns (`stopped`); that checkpoint records no evaluation, so `pick_checkpoint`
+    chooses among the same checkpoints as in a run that was never stopped."""
     check_rows(mesh, {"sft.rows": cfg.rows})
     train, too_long, empty = as_examples(examples, cfg.seq_len)
     if not train:
@@ -311,9 +312,10 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
                            step_s=elapsed, tokens_per_s=float(sums["tokens"]) / elapsed,
                            skipped_updates=int(state.skipped))
             stopped = should_stop is not None and should_stop()
-            save = ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == total or stopped)
+            regular = ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == total)
+            save = regular or (ckpt is not None and stopped)
             evaluation = None
-            if save or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            if regular or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
                 with use_mesh(mesh):
                     ent, nll, tokens = (float(v) for v in jax.device_get(eval_fn(state, eval_batch)))
                 evaluation = {"entropy": ent / tokens, "nll": nll / tokens, "tokens": int(tokens)}
@@ -323,8 +325,8 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
             history.append({"step": step + 1, "example_ids": [x.id for x in picked], **metrics})
             if save:
                 data = {**data_id, "cursor": cursor, "epoch": cursor // n, "index": cursor % n}
-                ckpt.save(step + 1, flatten_state(state), extras={"data": data, "eval": evaluation,
-                                                                  "skipped": skipped}, force=True)
+                extras = {"data": data, "skipped": skipped, **({"eval": evaluation} if evaluation else {})}
+                ckpt.save(step + 1, flatten_state(state), extras=extras, force=True)
             if on_step is not None:
                 on_step(step + 1, metrics)
             if stopped:
