@@ -152,7 +152,7 @@ class SFTSection:
 @dataclasses.dataclass(frozen=True)
 class StageSection:
     """One RL stage: `rl` with these `domains` (weights; prompts of other domains are not drawn), `steps` and
-    further `rl` overrides (dotted keys or nested mappings, e.g. {"max_new_tokens": 48})."""
+    further `rl` keys as a nested mapping, merged over the shared section (e.g. {"loss": {"alpha": 0.4}})."""
 
     name: str
     domains: dict[str, float]
@@ -218,25 +218,13 @@ class PipelineConfig:
                                  "its final checkpoint, and a rerun resumes from the newest)")
 
     def stage_rl(self, stage: StageSection) -> RLConfig:
-        """The RL config of `stage`: the shared `rl` section, then the stage's steps, domains and overrides."""
-        values = apply_overrides(to_dict(self.rl), [])
+        """The RL config of `stage`: the shared `rl` section, then the stage's steps, domains and `rl` keys."""
+        values = _merge(to_dict(self.rl), stage.rl)
         values.update(steps=stage.steps, domain_weights=dict(stage.domains))
-        for key, value in _dotted(stage.rl).items():
-            values = apply_overrides(values, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
         try:
             return from_dict(RLConfig, values)
         except (ValueError, TypeError) as e:
             raise ValueError(f"stages.{stage.name}.rl: {e}") from e
-
-
-def _dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping) and key not in ("domain_weights", "sglang"):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _merge(base: dict, top: Mapping) -> dict:
