@@ -8,6 +8,7 @@ step and returns `{"stopped": ...}`. The final model goes to `out/hf` (safetenso
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -45,15 +46,15 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
     out, state = cfg.out, read_state(cfg.out)
     log(f"ringjax: {'resuming' if resumed else 'starting'} run in {out}")
     ctx = stages.setup(cfg, log)
-    model = ctx.model
     summary: dict = {"out": out, "resumed": resumed, "devices": ctx.devices, "mesh": ctx.mesh_shape,
                      "params": ctx.params}
+    policy = _Lazy(ctx.initial_model)  # the model at the current point of the recipe, loaded when first needed
     with GracefulStop() as stop:
         if cfg.sft.enabled:
             if "sft" not in state["done"]:
                 on_step, close = _progress(ctx.sft_steps, "sft", progress, ("loss", "nll_mean", "eval_entropy"))
                 try:
-                    result = stages.sft(ctx, model, on_step, stop)
+                    result = stages.sft(ctx, policy(), on_step, stop)
                 finally:
                     close()
                 if result["stopped"]:
@@ -62,30 +63,30 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
                 write_json(os.path.join(out, "state.json"), state)
                 log(f"sft: picked step {result['picked_step']} (eval entropy {result['entropy']:.3f}, band "
                     f"{list(cfg.sft.entropy_band)}{'' if result['in_band'] else ', closest: none in band'})")
-            model = stages.restore(ctx, state["done"]["sft"]["picked_dir"])
+            policy = _Lazy(functools.partial(stages.restore, ctx, state["done"]["sft"]["picked_dir"]))
         if only == "sft":
             summary.update(sft=state["done"]["sft"], seconds=round(time.perf_counter() - t0, 1))
             return summary
         points = (["sft"] if cfg.sft.enabled else ["start"]) + [s.name for s in cfg.stages]
-        _evaluate(ctx, model, points[0], state, 0)
+        _evaluate(ctx, policy, points[0], state, 0)
         rl_steps = 0
         for stage in cfg.stages:
             if stage.name not in state["done"]:
                 on_step, close = _progress(stage.steps, f"rl {stage.name}", progress,
                                            ("reward_mean", "icepop_masked_frac", "response_len_mean"))
                 try:
-                    result = stages.rl(ctx, stage, model, on_step, stop)
+                    result = stages.rl(ctx, stage, policy(), on_step, stop)
                 finally:
                     close()
                 if result["stopped"]:
                     return _stopped(summary, stage.name, result["step"], log)
                 state["done"][stage.name] = result
                 write_json(os.path.join(out, "state.json"), state)
-            model = stages.restore(ctx, state["done"][stage.name]["final_dir"])
+            policy = _Lazy(functools.partial(stages.restore, ctx, state["done"][stage.name]["final_dir"]))
             rl_steps += stage.steps
-            _evaluate(ctx, model, stage.name, state, rl_steps)
+            _evaluate(ctx, policy, stage.name, state, rl_steps)
         if cfg.export.enabled:
-            summary["export"] = stages.export(ctx, model)
+            summary["export"] = stages.export(ctx, policy())
     summary.update(accuracy={p: state["evals"][p]["accuracy"] for p in points if p in state["evals"]},
                    stages={k: {kk: v for kk, v in d.items() if not kk.endswith("_dir")}
                            for k, d in state["done"].items()},
@@ -95,12 +96,24 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
     return summary
 
 
-def _evaluate(ctx, model, point: str, state: dict, rl_step: int) -> None:
+class _Lazy:
+    """`load()` once, on the first call."""
+
+    def __init__(self, load: Callable):
+        self.load, self.value = load, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.load()
+        return self.value
+
+
+def _evaluate(ctx, policy: _Lazy, point: str, state: dict, rl_step: int) -> None:
     if not ctx.cfg.eval.enabled or point in state["evals"]:
         return
     from ringjax.pipeline import stages
 
-    state["evals"][point] = {**stages.evaluate_model(ctx, model, rl_step), "rl_step": rl_step}
+    state["evals"][point] = {**stages.evaluate_model(ctx, policy(), rl_step), "rl_step": rl_step}
     write_json(os.path.join(ctx.cfg.out, "state.json"), state)
     acc = state["evals"][point]["accuracy"]
     ctx.log(f"eval after {point}: " + ", ".join(f"{d} {a:.3f}" for d, a in acc.items()))

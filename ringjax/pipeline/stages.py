@@ -1,4 +1,4 @@
-"""The pipeline's stages as functions of a shared `Context` (mesh, data, tokenizer, starting model, rewards)."""
+"""The pipeline's stages as functions of a shared `Context` (config, mesh, data, tokenizer)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ class Context:
     mesh: jax.sharding.Mesh
     data: RunData
     tokenizer: Tokenizer
-    model: Ling
 
     @property
     def devices(self) -> int:
@@ -41,9 +40,15 @@ class Context:
 
     @property
     def params(self) -> int:
-        from flax import nnx
+        from ringjax.model.params import count_params
+        from ringjax.pipeline.plan import model_config
 
-        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self.model))))
+        return count_params(model_config(self.cfg)).total
+
+    def initial_model(self) -> Ling:
+        """The starting weights (a preset's random init, an HF folder or a checkpoint); read only when needed, so
+        a resumed run whose SFT is done never loads them."""
+        return _initial_model(self.cfg, self.tokenizer, self.mesh)
 
     @property
     def sft_steps(self) -> int:
@@ -61,10 +66,9 @@ def setup(cfg: PipelineConfig, log) -> Context:
     mesh = make_mesh(**cfg.mesh.axes())
     data = build_data(cfg)
     tokenizer = _tokenizer(cfg, data, log)
-    model = _initial_model(cfg, tokenizer, mesh)
     log(f"ringjax: {len(data.prompts)} RL prompts, {len(data.eval)} held out, {len(data.sft)} SFT pairs; "
         f"tokenizer vocab {tokenizer.vocab_size}; {jax.device_count()} devices, mesh {dict(mesh.shape)}")
-    return Context(cfg, log, mesh, data, tokenizer, model)
+    return Context(cfg, log, mesh, data, tokenizer)
 
 
 def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
