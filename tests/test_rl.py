@@ -61,7 +61,8 @@ def test_steps_take_exactly_phi_tokens_and_log_everything(uninterrupted):
                 "skipped_updates"):
         assert key in logged[-1], key
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "logs")))
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["2", "4"]
+    # every checkpoint_every=2 steps, plus the final step (5), keeping the newest keep_checkpoints=2
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["4", "5"]
 
 
 def test_kill_and_resume_is_exact(uninterrupted, tmp_path):
