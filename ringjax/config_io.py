@@ -61,7 +61,8 @@ def _dataclass_of(hint: Any) -> type | None:
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of `values` with each `a.b.c=value` set (value parsed as YAML)."""
+    """A copy of `values` with each `a.b.c=value` set (value parsed as YAML); a number after a list indexes it
+    (`stages.1.steps=5`)."""
     out = _copy(values)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -70,11 +71,17 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
         *parents, leaf = key.split(".")
         node = out
         for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
+            node = node[_index(node, p, item)] if isinstance(node, list) else node.setdefault(p, {})
+            if not isinstance(node, dict | list):
                 raise ValueError(f"override {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[_index(node, leaf, item) if isinstance(node, list) else leaf] = yaml.safe_load(raw)
     return out
+
+
+def _index(items: list, key: str, item: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ValueError(f"override {item!r}: {key} is not an index of a list of {len(items)} items")
+    return int(key)
 
 
 def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
@@ -97,4 +104,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _copy(values: Any) -> Any:
-    return {k: _copy(v) for k, v in values.items()} if isinstance(values, dict) else values
+    if isinstance(values, dict):
+        return {k: _copy(v) for k, v in values.items()}
+    return [_copy(v) for v in values] if isinstance(values, list) else values

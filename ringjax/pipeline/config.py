@@ -6,7 +6,8 @@ Loaded strictly (`ringjax.config_io`): an unknown key or a bad value fails namin
 stage's RL config is built and checked at load time, before any compute. `rl_base: FILE` (relative to the config)
 reads the shared RL section from an RL config file (`configs/*_rl.yaml`); the file's own `rl:` keys override it.
 `check_inputs` then checks that every path the run reads exists. Overrides address list items by index
-(`stages.1.rl.phi=4096`). `load_pipeline(None)` is the embedded demo (`ringjax/pipeline/demo.yaml`).
+(`stages.1.rl.phi=4096`, `ringjax.config_io.apply_overrides`). `load_pipeline(None)` is the embedded demo
+(`ringjax/pipeline/demo.yaml`).
 """
 
 from __future__ import annotations
@@ -234,23 +235,6 @@ def _merge(base: dict, top: Mapping) -> dict:
     return out
 
 
-def _index_overrides(values: dict, overrides: Sequence[str]) -> tuple[dict, list[str]]:
-    """Applies `stages.N.key=value` overrides (list items by index); returns the rest."""
-    rest = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        parts = key.split(".")
-        if sep and len(parts) > 2 and parts[0] == "stages" and parts[1].isdigit():
-            stages = values.get("stages") or []
-            i = int(parts[1])
-            if i >= len(stages):
-                raise ValueError(f"override {item!r}: the config has {len(stages)} stages")
-            stages[i] = apply_overrides(stages[i], [f"{'.'.join(parts[2:])}={raw}"])
-        else:
-            rest.append(item)
-    return values, rest
-
-
 def load_pipeline(path: str | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """The pipeline config of YAML file `path` (None: the embedded demo) with dotted overrides."""
     source = path or DEMO
@@ -268,9 +252,8 @@ def load_pipeline(path: str | None = None, overrides: Sequence[str] = ()) -> Pip
                 raise FileNotFoundError(f"{source}: rl_base {base_path} does not exist")
             with open(base_path) as f:
                 values["rl"] = _merge(yaml.safe_load(f) or {}, values.get("rl") or {})
-        values["stages"] = [dict(s) if isinstance(s, Mapping) else s for s in values.get("stages") or []]
-        values, rest = _index_overrides(values, overrides)
-        return from_dict(PipelineConfig, apply_overrides(values, rest))
+        values["stages"] = values.get("stages") or []
+        return from_dict(PipelineConfig, apply_overrides(values, overrides))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: {e}") from e
 
