@@ -53,7 +53,14 @@ def make_mesh(data: int = 1, fsdp: int = -1, expert: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds a (data, fsdp, expert, tensor) mesh; one size may be -1 to take the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = {"data": data, "fsdp": fsdp, "expert": expert, "tensor": tensor}
+    sizes = resolve_mesh_sizes({"data": data, "fsdp": fsdp, "expert": expert, "tensor": tensor}, len(devices))
+    grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def resolve_mesh_sizes(sizes: dict[str, int], devices: int) -> dict[str, int]:
+    """Axis sizes for `devices` devices, the (at most one) -1 axis taking the devices the others leave."""
+    sizes = dict(sizes)
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:
         raise ValueError(f"only one mesh axis may be -1, got {free}")
@@ -61,13 +68,12 @@ def make_mesh(data: int = 1, fsdp: int = -1, expert: int = 1, tensor: int = 1,
     if any(v == 0 or v < -1 for v in sizes.values()):
         raise ValueError(f"mesh sizes must be positive (or one -1): {sizes}")
     if free:
-        if len(devices) % fixed:
-            raise ValueError(f"{len(devices)} devices are not divisible by the fixed mesh axes {sizes}")
-        sizes[free[0]] = len(devices) // fixed
-    if math.prod(sizes.values()) != len(devices):
-        raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
-    grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
-    return Mesh(grid, MESH_AXES)
+        if devices % fixed:
+            raise ValueError(f"{devices} devices are not divisible by the fixed mesh axes {sizes}")
+        sizes[free[0]] = devices // fixed
+    if math.prod(sizes.values()) != devices:
+        raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {devices}")
+    return sizes
 
 
 def use_mesh(mesh: Mesh | None):

@@ -7,6 +7,7 @@ import math
 from ringjax.model import LingConfig
 from ringjax.pipeline.config import PipelineConfig
 from ringjax.plan import MemoryPlan, plan_memory
+from ringjax.sharding import resolve_mesh_sizes
 
 
 def model_config(cfg: PipelineConfig) -> LingConfig:
@@ -21,22 +22,6 @@ def model_config(cfg: PipelineConfig) -> LingConfig:
         return read_config(m.hf_path, **compute)
     from ringjax.trainer.model_checkpoint import latest_step_dir, read_model_config
     return read_model_config(latest_step_dir(m.checkpoint), **compute)
-
-
-def resolve_mesh(axes: dict[str, int], devices: int) -> dict[str, int]:
-    """Mesh sizes with the (at most one) -1 axis given the devices the others leave."""
-    fixed = math.prod(v for v in axes.values() if v != -1)
-    free = [k for k, v in axes.items() if v == -1]
-    if len(free) > 1:
-        raise ValueError(f"mesh {axes}: at most one axis may be -1")
-    if devices % fixed:
-        raise ValueError(f"mesh {axes} does not divide {devices} devices")
-    sizes = dict(axes)
-    if free:
-        sizes[free[0]] = devices // fixed
-    elif fixed != devices:
-        raise ValueError(f"mesh {axes} has {fixed} devices, not {devices}")
-    return sizes
 
 
 def _local_memory_gb() -> float | None:
@@ -56,7 +41,7 @@ def plan_pipeline(cfg: PipelineConfig, devices: int | None = None,
             devices = jax.device_count()
         else:
             devices = math.prod(axes.values())
-    mesh = resolve_mesh(axes, devices)
+    mesh = resolve_mesh_sizes(axes, devices)
     memory = device_memory_gb or cfg.mesh.device_memory_gb
     if memory is None:
         memory = _local_memory_gb()
