@@ -3,7 +3,7 @@
 Synthetic (`data.source: synthetic`): math and code tasks from `ringjax.pipeline.tasks`, held-out prompts split off
 before anything else (never trained on, in SFT or RL), SFT traces from the programmatic teacher on training prompts,
 and the entropy probe of the SFT checkpoint pick from teacher traces on held-out prompts. Files: `read_records`
-rows (bad rows skipped and counted) and SFT JSONL rows {prompt, response}.
+rows (bad rows skipped and counted) and SFT JSONL rows {prompt, response} (`read_sft_rows`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 import numpy as np
 
 from ringjax.data import PromptRecord, read_records
-from ringjax.data.sources import jsonl_rows
 from ringjax.pipeline.config import PipelineConfig
 from ringjax.pipeline.tasks import code_tasks, math_tasks, split_heldout, teacher_response
+from ringjax.trainer.sft import read_sft_rows
 
 
 
@@ -69,12 +69,9 @@ def file_data(cfg: PipelineConfig) -> RunData:
         prompts, held = split_heldout(prompts, min(d.eval_size, len(prompts) // 2), cfg.seed)
     sft, bad = [], 0
     for path in d.sft:
-        for row in jsonl_rows(path):
-            ok = isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)
-            if ok and row["prompt"] and row["response"]:
-                sft.append((row["prompt"], row["response"]))
-            else:
-                bad += 1
+        rows, skipped = read_sft_rows(path)
+        sft += [(prompt, response) for prompt, response, _ in rows]
+        bad += skipped
     info["sft"] = {"rows": len(sft), "skipped": bad}
     if not prompts:
         raise ValueError(f"data.prompts {list(d.prompts)}: no usable prompt ({json.dumps(info['prompts'])})")

@@ -134,12 +134,13 @@ class SFTResult:
     stopped: bool = False  # ended early by `should_stop` (checkpointed when checkpointing is on)
 
 
-def read_sft_jsonl(path: str, encode: Callable[[str], list[int]]) -> tuple[list[SFTExample], int]:
-    """(examples, bad rows) of a JSONL file of {"prompt": str, "response": str[, "id": int | str]} rows.
+def read_sft_rows(path: str) -> tuple[list[tuple[str, str, int | str]], int]:
+    """((prompt, response, id) texts, bad rows) of a JSONL file of {"prompt": str, "response": str[, "id": int | str]}
+    rows; the id defaults to the line number.
 
-    Bad rows (not JSON, not an object, a field missing or not a string, empty after encoding) are skipped and
-    counted; a file without a usable row raises ValueError naming it."""
-    examples, bad = [], 0
+    Bad rows (not JSON, not an object, a field missing, not a string or empty) are skipped and counted; a file
+    without a usable row raises ValueError naming it."""
+    rows, bad = [], 0
     with open(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -150,15 +151,27 @@ def read_sft_jsonl(path: str, encode: Callable[[str], list[int]]) -> tuple[list[
                 bad += 1
                 continue
             if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
-                    and isinstance(row.get("response"), str)):
-                bad += 1
-                continue
-            prompt, response = encode(row["prompt"]), encode(row["response"])
-            if not prompt or not response:
+                    and isinstance(row.get("response"), str) and row["prompt"] and row["response"]):
                 bad += 1
                 continue
             rid = row.get("id")
-            examples.append(SFTExample(prompt, response, rid if isinstance(rid, int | str) else line_no))
+            rows.append((row["prompt"], row["response"], rid if isinstance(rid, int | str) else line_no))
+    if not rows:
+        raise ValueError(f"{path}: no usable row ({bad} bad); each line must be a JSON object with non-empty string "
+                         "fields 'prompt' and 'response'")
+    return rows, bad
+
+
+def read_sft_jsonl(path: str, encode: Callable[[str], list[int]]) -> tuple[list[SFTExample], int]:
+    """(examples, bad rows) of `read_sft_rows(path)` encoded with `encode`; a row empty after encoding is bad too."""
+    rows, bad = read_sft_rows(path)
+    examples = []
+    for prompt_text, response_text, rid in rows:
+        prompt, response = encode(prompt_text), encode(response_text)
+        if not prompt or not response:
+            bad += 1
+            continue
+        examples.append(SFTExample(prompt, response, rid))
     if not examples:
         raise ValueError(f"{path}: no usable row ({bad} bad); each line must be a JSON object with non-empty string "
                          "fields 'prompt' and 'response'")
