@@ -12,6 +12,7 @@ bare orbax: inputs are checked before anything is written (leaf types, JSON-abil
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -42,6 +43,14 @@ def _saved_shape(leaf: Any) -> tuple[int, ...]:
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return tuple(jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)).shape)
     return tuple(leaf.shape)
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the finished checkpoints in `directory` (its numeric subfolders; Orbax's temporary folders of
+    unfinished saves are not numeric), ascending; [] when the folder does not exist."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
 
 
 class Checkpointer:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from ringjax.model import Ling, LingConfig, abstract_model
 from ringjax.sharding import state_shardings
-from ringjax.trainer.checkpoint import META, STATE, Checkpointer
+from ringjax.trainer.checkpoint import META, STATE, Checkpointer, checkpoint_steps
 from ringjax.trainer.state import (checkpoint_meta, flatten_state, merge_model, split_model, unflatten_state,
                                    with_shardings)
 
@@ -34,9 +34,7 @@ def latest_step_dir(path: str) -> str:
     if is_step_dir(path):
         return path
     for folder in (path, os.path.join(path, "checkpoints")):
-        steps = sorted((int(d) for d in os.listdir(folder) if d.isdigit()), reverse=True) if os.path.isdir(folder) \
-            else []
-        for step in steps:
+        for step in reversed(checkpoint_steps(folder)):
             if is_step_dir(os.path.join(folder, str(step))):
                 return os.path.join(folder, str(step))
     raise FileNotFoundError(f"{path} is not an Orbax checkpoint step folder and holds no checkpoints/<step>/")

@@ -43,7 +43,7 @@ from ringjax.model import Ling
 from ringjax.sharding import check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import Response, StepBatch, pack_micro_batches
-from ringjax.trainer.checkpoint import Checkpointer
+from ringjax.trainer.checkpoint import Checkpointer, checkpoint_steps
 from ringjax.trainer.metrics import MetricsWriter, read_metrics
 from ringjax.trainer.optim import OptimConfig, learning_rate, make_optimizer
 from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
@@ -369,7 +369,7 @@ def eval_entropies(run_dir: str) -> dict[int, float | None]:
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{run_dir} has no checkpoints folder ({ckpt_dir})")
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d)))
+    steps = checkpoint_steps(ckpt_dir)
     log_dir = os.path.join(run_dir, "logs", "eval")
     logged = {}
     if os.path.isfile(os.path.join(log_dir, "metrics.jsonl")):
