@@ -55,10 +55,7 @@ def claim(cfg: PipelineConfig, overwrite: bool = False) -> bool:
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"output folder {out} exists, is not empty and holds no ringjax run ({RUN})")
     os.makedirs(out, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # before jax.distributed starts: every host writes the same content
-    with open(tmp, "w") as f:
-        json.dump(mine, f, indent=2, default=str)
-    os.replace(tmp, path)
+    _atomic_json(path, mine)  # before jax.distributed starts: every host writes the same content
     return False
 
 
@@ -66,9 +63,12 @@ def write_json(path: str, value: Any) -> None:
     """Atomic JSON write, by the first process only (every host of a multi-host run shares the run folder)."""
     import jax
 
-    if jax.process_index() != 0:
-        return
-    tmp = f"{path}.tmp"
+    if jax.process_index() == 0:
+        _atomic_json(path, value)
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2, default=str)
     os.replace(tmp, path)
