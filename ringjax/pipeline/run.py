@@ -48,7 +48,7 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
     ctx = stages.setup(cfg, log)
     summary: dict = {"out": out, "resumed": resumed, "devices": ctx.devices, "mesh": ctx.mesh_shape,
                      "params": ctx.params}
-    policy = _Lazy(ctx.initial_model)  # the model at the current point of the recipe, loaded when first needed
+    policy = functools.cache(ctx.initial_model)  # the model at the current point of the recipe, loaded once needed
     with GracefulStop() as stop:
         if cfg.sft.enabled:
             if "sft" not in state["done"]:
@@ -63,7 +63,7 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
                 write_json(os.path.join(out, "state.json"), state)
                 log(f"sft: picked step {result['picked_step']} (eval entropy {result['entropy']:.3f}, band "
                     f"{list(cfg.sft.entropy_band)}{'' if result['in_band'] else ', closest: none in band'})")
-            policy = _Lazy(functools.partial(stages.restore, ctx, state["done"]["sft"]["picked_dir"]))
+            policy = functools.cache(functools.partial(stages.restore, ctx, state["done"]["sft"]["picked_dir"]))
         if only == "sft":
             summary.update(sft=state["done"]["sft"], seconds=round(time.perf_counter() - t0, 1))
             return summary
@@ -82,7 +82,7 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
                     return _stopped(summary, stage.name, result["step"], log)
                 state["done"][stage.name] = result
                 write_json(os.path.join(out, "state.json"), state)
-            policy = _Lazy(functools.partial(stages.restore, ctx, state["done"][stage.name]["final_dir"]))
+            policy = functools.cache(functools.partial(stages.restore, ctx, state["done"][stage.name]["final_dir"]))
             rl_steps += stage.steps
             _evaluate(ctx, policy, stage.name, state, rl_steps)
         if cfg.export.enabled:
@@ -96,19 +96,7 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
     return summary
 
 
-class _Lazy:
-    """`load()` once, on the first call."""
-
-    def __init__(self, load: Callable):
-        self.load, self.value = load, None
-
-    def __call__(self):
-        if self.value is None:
-            self.value = self.load()
-        return self.value
-
-
-def _evaluate(ctx, policy: _Lazy, point: str, state: dict, rl_step: int) -> None:
+def _evaluate(ctx, policy: Callable, point: str, state: dict, rl_step: int) -> None:
     if not ctx.cfg.eval.enabled or point in state["evals"]:
         return
     from ringjax.pipeline import stages
