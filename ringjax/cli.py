@@ -35,7 +35,8 @@ def _pipeline(args, inputs: bool = True):
 def _train(args, only: str | None = None) -> int:
     from ringjax.pipeline import run_pipeline
 
-    summary = run_pipeline(_pipeline(args), overwrite=args.overwrite, progress=not args.no_progress, only=only)
+    cfg = _pipeline(args, inputs=False)  # run_pipeline checks the inputs first
+    summary = run_pipeline(cfg, overwrite=args.overwrite, progress=not args.no_progress, only=only)
     print(json.dumps(summary, indent=2))
     return 130 if "stopped" in summary else 0
 

@@ -39,7 +39,7 @@ def evaluate(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             outputs = run_to_completion(engine, requests)
     finally:
         engine.close()
-    failed = [rid for rid, out in outputs.items() if out.finish == "error"]
+    failed = {rid for rid, out in outputs.items() if out.finish == "error"}
     items = [(owner[rid], decode(outputs[rid].tokens)) for rid in owner]
     with RewardPool(reward_fn, workers=reward_workers) as pool:
         results = pool.score(items)
