@@ -20,6 +20,23 @@ _CONFIG_HELP = "pipeline YAML (default: the embedded demo, ringjax/pipeline/demo
 _OVERRIDES_HELP = "dotted overrides, e.g. out=runs/x seed=1 stages.0.steps=5 rl.loss.alpha=0.4"
 
 
+def _input(typed: str, what: str) -> str:
+    """An input path given on the command line, absolute; FileNotFoundError naming it as typed and as resolved."""
+    from ringjax.config_io import user_path
+
+    path = user_path(typed)
+    if not os.path.exists(path):
+        shown = typed if typed == path else f"{typed} (resolved to {path})"
+        raise FileNotFoundError(f"{what} {shown} does not exist")
+    return path
+
+
+def _output(typed: str) -> str:
+    from ringjax.config_io import user_path
+
+    return user_path(typed)
+
+
 def _pipeline(args, inputs: bool = True):
     from ringjax.pipeline.config import check_inputs, load_pipeline
 
@@ -50,11 +67,14 @@ def _eval(args) -> int:
     if not os.path.isfile(os.path.join(cfg.out, "tokenizer", "tokenizer.json")) and cfg.tokenizer.kind == "bpe":
         raise FileNotFoundError(f"{cfg.out} has no trained tokenizer: run `ringjax train` (or sft) with this config "
                                 "first, or point out=... at its run folder")
-    target = args.hf or args.checkpoint or os.path.join(cfg.out, "hf")
-    if not os.path.exists(target):
-        raise FileNotFoundError(f"{target} does not exist (the run's export); pass --hf or --checkpoint")
+    if args.hf or args.checkpoint:
+        target = _input(args.hf, "--hf") if args.hf else _input(args.checkpoint, "--checkpoint")
+    else:
+        target = os.path.join(cfg.out, "hf")
+        if not os.path.exists(target):
+            raise FileNotFoundError(f"{target} does not exist (the run's export); pass --hf or --checkpoint")
     ctx = stages.setup(cfg, print)
-    model = stages.restore(ctx, args.checkpoint) if args.checkpoint else from_pretrained(target, ctx.mesh)
+    model = stages.restore(ctx, target) if args.checkpoint else from_pretrained(target, ctx.mesh)
     result = stages.evaluate_model(ctx, model, 0, log=False)
     print(accuracy_table({target: result["accuracy"]}))
     print(json.dumps(result, indent=2))
@@ -81,15 +101,17 @@ def _export(args) -> int:
     from ringjax.model import create_model, preset
     from ringjax.trainer.model_checkpoint import restore_model
 
-    tokenizer = None
+    tokenizer, out = None, _output(args.out)
     if args.src.startswith("preset:"):
         model = create_model(preset(args.src.split(":", 1)[1]), seed=args.seed)
-    elif os.path.isfile(os.path.join(args.src, "config.json")):
-        model, tokenizer = from_pretrained(args.src), args.src
     else:
-        model = restore_model(args.src)  # an Orbax step folder, checkpoints folder or run folder
-        tokenizer = _run_tokenizer(args.src)
-    path = save_pretrained(model, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+        src = _input(args.src, "export source")
+        if os.path.isfile(os.path.join(src, "config.json")):
+            model, tokenizer = from_pretrained(src), src
+        else:
+            model = restore_model(src)  # an Orbax step folder, checkpoints folder or run folder
+            tokenizer = _run_tokenizer(src)
+    path = save_pretrained(model, out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                            overwrite=args.overwrite)
     copied = []
     if tokenizer is not None:
@@ -104,7 +126,7 @@ def _export(args) -> int:
 
 def _run_tokenizer(src: str) -> str | None:
     """The `tokenizer/` folder of the pipeline run that holds checkpoint `src`, if any."""
-    here = os.path.abspath(src)
+    here = src
     for _ in range(4):
         if os.path.isfile(os.path.join(here, "tokenizer", "tokenizer.json")):
             return os.path.join(here, "tokenizer")
@@ -116,8 +138,8 @@ def _import(args) -> int:
     from ringjax.hf import from_pretrained
     from ringjax.trainer.model_checkpoint import save_model
 
-    model = from_pretrained(args.src, param_dtype=args.dtype)
-    step_dir = save_model(model, args.out)
+    model = from_pretrained(_input(args.src, "import source"), param_dtype=args.dtype)
+    step_dir = save_model(model, _output(args.out))
     print(json.dumps({"checkpoint": step_dir, "architecture": model.config.architecture,
                       "use": f"model.checkpoint={step_dir}"}))
     return 0
@@ -130,7 +152,10 @@ def _info(args) -> int:
     from ringjax.model import preset
     from ringjax.model.params import count_params
 
-    cfg = read_config(args.model) if not args.model.startswith("preset:") else preset(args.model.split(":", 1)[1])
+    if args.model.startswith("preset:"):
+        cfg = preset(args.model.split(":", 1)[1])
+    else:
+        cfg = read_config(_input(args.model, "model"))
     counts = count_params(cfg)
     out = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("compute", "hf_extra")},
            "params_total": counts.total, "params_active": counts.active}
@@ -141,8 +166,9 @@ def _info(args) -> int:
 def _pick_checkpoint(args) -> int:
     from ringjax.trainer.sft import pick_checkpoint
 
-    step, entropy = pick_checkpoint(args.run_dir, tuple(args.band))
-    print(json.dumps({"step": step, "entropy": entropy, "path": os.path.join(args.run_dir, "checkpoints", str(step))}))
+    run_dir = _input(args.run_dir, "run folder")
+    step, entropy = pick_checkpoint(run_dir, tuple(args.band))
+    print(json.dumps({"step": step, "entropy": entropy, "path": os.path.join(run_dir, "checkpoints", str(step))}))
     return 0
 
 

@@ -4,12 +4,14 @@
 
 Nested dataclass fields (e.g. `RLConfig.loss: LossConfig`) are built from nested mappings; every other value is
 passed through and checked by the dataclass's own `__post_init__`. Overrides are `dotted.key=value` strings whose
-value is parsed as YAML (`1e-6`, `true`, `[0.5, 5.0]`).
+value is parsed as YAML (`1e-6`, `true`, `[0.5, 5.0]`). `read_yaml` is the one reader of config files;
+`user_path` the one resolution of a path a user gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -74,7 +76,11 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
             node = node[_index(node, p, item)] if isinstance(node, list) else node.setdefault(p, {})
             if not isinstance(node, dict | list):
                 raise ValueError(f"override {item!r}: {p} is not a section")
-        node[_index(node, leaf, item) if isinstance(node, list) else leaf] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: {raw!r} is not a YAML value") from None
+        node[_index(node, leaf, item) if isinstance(node, list) else leaf] = value
     return out
 
 
@@ -84,18 +90,37 @@ def _index(items: list, key: str, item: str) -> int:
     return int(key)
 
 
-def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
-    """`cls` from a YAML file (or defaults when `path` is None) plus dotted overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
+def read_yaml(path: str) -> dict[str, Any]:
+    """The mapping of config keys in YAML file `path`; FileNotFoundError / ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: top level must be a mapping of config keys")
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: top level must be a mapping of config keys")
+    return values
+
+
+def build_config(cls: type[T], values: Mapping[str, Any], overrides: Sequence[str] = (), source: str = "config") -> T:
+    """`cls` from plain `values` plus dotted overrides; any error is a ValueError prefixed with `source`."""
     try:
-        return from_dict(cls, apply_overrides(values, overrides))
+        return from_dict(cls, apply_overrides(dict(values), overrides))
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path or 'config'}: {e}") from e
+        raise ValueError(f"{source}: {e}") from e
+
+
+def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """`cls` from a YAML file (or defaults when `path` is None) plus dotted overrides."""
+    return build_config(cls, read_yaml(path) if path is not None else {}, overrides, path or "config")
+
+
+def user_path(path: str) -> str:
+    """A path as the user typed it (`~` and relative to the current folder allowed), made absolute once where it
+    enters: Orbax accepts only absolute paths, and a run must not depend on the folder it is resumed from."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

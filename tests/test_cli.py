@@ -12,13 +12,16 @@ from ringjax.cli import main
 from ringjax.hf import from_pretrained
 
 
-def test_import_then_export_round_trip(tmp_path, capsys):
-    """HF folder -> `ringjax import` (Orbax) -> `ringjax export` (HF): the same weights, config and architecture."""
-    src, ckpt, back = (str(tmp_path / n) for n in ("hf", "orbax", "hf2"))
+def test_import_then_export_round_trip(tmp_path, capsys, monkeypatch):
+    """HF folder -> `ringjax import` (Orbax) -> `ringjax export` (HF): the same weights, config and architecture.
+    Every path is relative to the working folder, as a user types them (Orbax itself takes absolute paths only)."""
+    monkeypatch.chdir(tmp_path)
+    src, ckpt, back = "hf", "orbax", "hf2"
     assert main(["export", "preset:tiny-v2", src]) == 0
     assert main(["import", src, ckpt]) == 0
     step_dir = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
-    assert main(["export", step_dir, back]) == 0
+    assert step_dir == str(tmp_path / "orbax" / "0")  # resolved once, printed absolute
+    assert main(["export", os.path.join(ckpt, "0"), back]) == 0
     assert json.loads(capsys.readouterr().out)["architecture"] == "BailingMoeV2ForCausalLM"
     a, b = nnx.state(from_pretrained(src)), nnx.state(from_pretrained(back))
     for (path, got), (_, want) in zip(nnx.to_flat_state(b), nnx.to_flat_state(a), strict=True):

@@ -100,6 +100,13 @@ def test_the_full_ring_1t_length_does_not_fit_without_sequence_parallelism():
     (["train", os.path.join(CONFIGS, "ring_lite.yaml"), "out=run"], "data.prompts: data/ring_lite/math.jsonl"),
     (["sft", "data.synthetic.teacher_error_rate=2"], "teacher_error_rate=2"),
     (["plan", "mesh.tensor=0"], "mesh.tensor=0"),
+    # a relative path that does not exist: named as typed and as resolved
+    (["train", "data.source=files", "data.prompts=data/x.jsonl"], "data.prompts: data/x.jsonl (resolved to /"),
+    (["train", "model.hf_path=~/no_such_ling"], "model.hf_path: ~/no_such_ling (resolved to /"),
+    (["export", "no/ckpt", "out"], "export source no/ckpt (resolved to /"),
+    (["import", "no/hf", "out"], "import source no/hf (resolved to /"),
+    (["pick-checkpoint", "no/run"], "run folder no/run (resolved to /"),
+    (["train", "rl.optim.lr=[1,"], "is not a YAML value"),
 ])
 def test_bad_input_exits_before_any_compute(argv, culprit, capsys, tmp_path, monkeypatch):
     from ringjax.cli import main
@@ -119,3 +126,22 @@ def test_plan_command(capsys):
     assert set(plans) == {"sft", "rl math", "rl code"} and plans["rl math"]["kv_cache_bytes"] > 0
     assert main(["plan", os.path.join(CONFIGS, "ring_mini_2_8gpu.yaml"), "--device-memory-gb", "16"]) == 1
     assert "fits: no" in capsys.readouterr().out
+
+
+def test_every_path_is_resolved_once_against_the_working_folder(tmp_path, monkeypatch):
+    """Paths in a config file and in overrides are relative to the folder the command runs in, made absolute when
+    the config is built (what `run.json` records), and named as typed in errors."""
+    from ringjax.pipeline.config import check_inputs, load_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.jsonl").write_text('{"prompt": "1+1", "answer": "2", "domain": "math"}\n')
+    cfg = load_pipeline(None, ["out=runs/x", "data.source=files", "data.prompts=data/p.jsonl", "sft.enabled=false",
+                               "tokenizer.path=./tok"])
+    assert cfg.out == str(tmp_path / "runs" / "x")
+    assert cfg.data.prompts == (str(tmp_path / "data" / "p.jsonl"),)
+    assert cfg.tokenizer.path == str(tmp_path / "tok")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.path: \./tok \(resolved to .*/tok\) does not exist"):
+        check_inputs(cfg)
+    monkeypatch.chdir(tmp_path / "data")  # a config built elsewhere keeps its paths
+    assert load_pipeline(None, [f"out={cfg.out}"]).out == cfg.out

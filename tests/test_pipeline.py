@@ -1,8 +1,10 @@
 """`ringjax train`: a shortened demo pipeline end to end in a fresh process (interrupted with Ctrl-C during the
-last stage, then resumed by the same command), its outputs, and the export loaded by real SGLang."""
+last stage, then resumed by the same command), its outputs, and the export loaded by real SGLang. Every command
+runs from a working folder with relative paths, as a user types them."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ SHORT = ["data.synthetic.math=200", "data.synthetic.code=100", "data.synthetic.s
          "stages.0.steps=3", "stages.1.steps=4", "rl.checkpoint_every=2", "eval.samples=2"]
 
 
-def _cmd(out):
+def _cmd(out="run"):
     return [sys.executable, "-m", "ringjax.cli", "train", f"out={out}", *SHORT, "--no-progress"]
 
 
@@ -35,10 +37,13 @@ def _metrics(path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Runs the short pipeline, sends SIGINT once stage `code` has logged a step, then reruns the same command."""
-    out = str(tmp_path_factory.mktemp("pipeline") / "run")
+    """Runs the short pipeline into `out=run` from a working folder, sends SIGINT once stage `code` has logged a
+    step, then reruns the same command from the same folder."""
+    work = str(tmp_path_factory.mktemp("pipeline"))
+    out = os.path.join(work, "run")
     code_log = os.path.join(out, "code", "logs", "metrics.jsonl")
-    first = subprocess.Popen(_cmd(out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(_cmd(), cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     deadline = time.monotonic() + 900
     while not (os.path.isfile(code_log) and _metrics(code_log)):
         assert first.poll() is None, f"the run ended before stage code started:\n{first.stdout.read()[-3000:]}"
@@ -47,8 +52,8 @@ def run(tmp_path_factory):
     first.send_signal(signal.SIGINT)
     interrupted_log = first.communicate(timeout=300)[0]
     interrupted_steps = [m["step"] for m in _metrics(code_log)]
-    second = subprocess.run(_cmd(out), env=_env(), capture_output=True, text=True, timeout=900)
-    return {"out": out, "first_rc": first.returncode, "first_log": interrupted_log,
+    second = subprocess.run(_cmd(), cwd=work, env=_env(), capture_output=True, text=True, timeout=900)
+    return {"work": work, "out": out, "first_rc": first.returncode, "first_log": interrupted_log,
             "interrupted_steps": interrupted_steps, "second_rc": second.returncode,
             "second_log": second.stdout + second.stderr}
 
@@ -68,6 +73,7 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(run):
 def test_every_stage_ran_and_left_its_outputs(run):
     out = run["out"]
     state = json.load(open(os.path.join(out, "state.json")))
+    assert json.load(open(os.path.join(out, "run.json")))["out"] == out  # recorded absolute
     assert set(state["done"]) == {"sft", "math", "code"}
     assert state["done"]["sft"]["step"] == 20 and state["done"]["sft"]["picked_step"] in (10, 20)
     assert sorted(os.listdir(os.path.join(out, "sft", "checkpoints"))) == ["10", "20"]
@@ -119,12 +125,43 @@ def test_the_export_loads_in_sglang_with_its_tokenizer(run):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
 
 
-def test_eval_command_scores_any_stage_checkpoint(run, capsys):
+def test_eval_command_scores_any_stage_checkpoint(run, capsys, monkeypatch):
     from ringjax.cli import main
 
-    assert main(["eval", f"out={run['out']}", *SHORT, "--checkpoint", os.path.join(run["out"], "math")]) == 0
+    monkeypatch.chdir(run["work"])
+    assert main(["eval", "out=run", *SHORT, "--checkpoint", "run/math"]) == 0
     out = capsys.readouterr().out
     table, rest = out.split("\n{", 1)
     result = json.loads("{" + rest)
     assert set(result["accuracy"]) == {"math", "code"} and result["prompts"] == {"math": 8, "code": 8}
     assert f"{result['accuracy']['code']:.3f}" in table
+
+
+def test_sft_and_pick_checkpoint_commands_with_relative_paths(run, capsys, monkeypatch):
+    from ringjax.cli import main
+
+    monkeypatch.chdir(run["work"])
+    assert main(["sft", "out=run", *SHORT, "--no-progress"]) == 0  # SFT is done: it reports the pick
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex("\n{\n") + 1:])  # after ringjax's lines, the JSON summary
+    assert summary["resumed"] and summary["sft"]["picked_step"] in (10, 20)
+    assert main(["pick-checkpoint", "run/sft", "--band", "0", "100"]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    assert picked["step"] == 20 and picked["path"] == os.path.join(run["out"], "sft", "checkpoints", "20")
+
+
+def test_a_moved_run_folder_resumes_in_its_new_place(run, tmp_path):
+    """The run folder copied elsewhere: the same command with the new `out=` (from another working folder) resumes
+    it there, says so once, and writes the new place into run.json."""
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(run["out"], moved)
+    rerun = subprocess.run(_cmd("elsewhere/moved"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    log = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, log[-3000:]
+    assert log.count(f"moved from {run['out']} to {moved}") == 1 and "resuming run" in log
+    assert json.load(open(moved / "run.json"))["out"] == str(moved)
+    assert json.load(open(moved / "results.json"))["accuracy"] == json.load(
+        open(os.path.join(run["out"], "results.json")))["accuracy"]
+    again = subprocess.run(_cmd("moved"), cwd=moved.parent, env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "moved from" not in again.stdout + again.stderr

@@ -5,9 +5,11 @@
 Loaded strictly (`ringjax.config_io`): an unknown key or a bad value fails naming its dotted path, and every
 stage's RL config is built and checked at load time, before any compute. `rl_base: FILE` (relative to the config)
 reads the shared RL section from an RL config file (`configs/*_rl.yaml`); the file's own `rl:` keys override it.
-`check_inputs` then checks that every path the run reads exists. Overrides address list items by index
-(`stages.1.rl.phi=4096`, `ringjax.config_io.apply_overrides`). `load_pipeline(None)` is the embedded demo
-(`ringjax/pipeline/demo.yaml`).
+Every path (`out`, weights, tokenizer, data files) is made absolute when the config is built (relative paths
+are relative to the current folder, also inside a config file), so the run folder's `run.json` records where
+everything is; `check_inputs` then checks that every path the run reads exists, naming it as typed and as
+resolved. Overrides address list items by index (`stages.1.rl.phi=4096`, `ringjax.config_io.apply_overrides`).
+`load_pipeline(None)` is the embedded demo (`ringjax/pipeline/demo.yaml`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,32 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import yaml
-
-from ringjax.config_io import apply_overrides, from_dict, to_dict
+from ringjax.config_io import build_config, from_dict, read_yaml, to_dict, user_path
 from ringjax.trainer.rl import RLConfig
 from ringjax.trainer.sft import SFTConfig
 
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.yaml")
+
+
+def _resolve_paths(section: Any, *names: str) -> None:
+    """Makes the path fields `names` of the frozen `section` absolute (`user_path`) and remembers what was typed
+    (`section._typed`, resolved -> typed) for error messages."""
+    typed = dict(getattr(section, "_typed", {}))
+    for name in names:
+        value = getattr(section, name)
+        if value is None:
+            continue
+        paths = (value,) if isinstance(value, str) else tuple(value)
+        resolved = tuple(user_path(p) for p in paths)
+        typed.update({r: typed.get(p, p) for r, p in zip(resolved, paths)})
+        object.__setattr__(section, name, resolved[0] if isinstance(value, str) else resolved)
+    object.__setattr__(section, "_typed", typed)
+
+
+def typed_path(section: Any, path: str) -> str:
+    """`path` (resolved) as the user typed it, with the resolved form when they differ."""
+    typed = getattr(section, "_typed", {}).get(path, path)
+    return path if typed == path else f"{typed} (resolved to {path})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +66,7 @@ class ModelSection:
             raise ValueError("set model.preset (architecture, random init), model.hf_path or model.checkpoint")
         if not self.preset and set(self.overrides) - {"compute"}:
             raise ValueError(f"model.overrides {sorted(set(self.overrides) - {'compute'})} apply to presets only")
+        _resolve_paths(self, "hf_path", "checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +107,7 @@ class TokenizerSection:
     def __post_init__(self):
         if self.kind not in ("bpe", "hf"):
             raise ValueError(f"tokenizer.kind={self.kind!r} is not 'bpe' or 'hf'")
+        _resolve_paths(self, "path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +148,7 @@ class DataSection:
         for name in ("prompts", "eval_prompts", "sft"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        _resolve_paths(self, "prompts", "eval_prompts", "sft")
         if self.source == "files" and not self.prompts:
             raise ValueError("data.prompts is empty: give prompt files or set data.source: synthetic")
 
@@ -205,6 +229,7 @@ class PipelineConfig:
     export: ExportSection = ExportSection()
 
     def __post_init__(self):
+        _resolve_paths(self, "out")
         stages = tuple(s if isinstance(s, StageSection) else from_dict(StageSection, s, f"stages.{i}.")
                        for i, s in enumerate(self.stages))
         object.__setattr__(self, "stages", stages)
@@ -238,35 +263,26 @@ def _merge(base: dict, top: Mapping) -> dict:
 def load_pipeline(path: str | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """The pipeline config of YAML file `path` (None: the embedded demo) with dotted overrides."""
     source = path or DEMO
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"config file {source} does not exist")
-    with open(source) as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{source}: top level must be a mapping of config keys")
-    try:
-        base = values.pop("rl_base", None)
-        if base is not None:
-            base_path = os.path.join(os.path.dirname(os.path.abspath(source)), base)
-            if not os.path.isfile(base_path):
-                raise FileNotFoundError(f"{source}: rl_base {base_path} does not exist")
-            with open(base_path) as f:
-                values["rl"] = _merge(yaml.safe_load(f) or {}, values.get("rl") or {})
-        values["stages"] = values.get("stages") or []
-        return from_dict(PipelineConfig, apply_overrides(values, overrides))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: {e}") from e
+    values = read_yaml(source)
+    base = values.pop("rl_base", None)
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(os.path.abspath(source)), base)
+        if not os.path.isfile(base_path):
+            raise FileNotFoundError(f"{source}: rl_base {base} ({base_path}) does not exist")
+        values["rl"] = _merge(read_yaml(base_path), values.get("rl") or {})
+    values["stages"] = values.get("stages") or []
+    return build_config(PipelineConfig, values, overrides, source)
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
     """FileNotFoundError naming the config key of the first input path that does not exist."""
-    paths = [("model.hf_path", cfg.model.hf_path), ("model.checkpoint", cfg.model.checkpoint),
-             ("tokenizer.path", cfg.tokenizer.path)]
+    paths = [("model.hf_path", cfg.model, cfg.model.hf_path), ("model.checkpoint", cfg.model, cfg.model.checkpoint),
+             ("tokenizer.path", cfg.tokenizer, cfg.tokenizer.path)]
     if cfg.data.source == "files":
-        paths += [(f"data.{k}", p) for k in ("prompts", "eval_prompts", "sft") for p in getattr(cfg.data, k)]
-    for key, path in paths:
+        paths += [(f"data.{k}", cfg.data, p) for k in ("prompts", "eval_prompts", "sft") for p in getattr(cfg.data, k)]
+    for key, section, path in paths:
         if path and not os.path.exists(path):
-            raise FileNotFoundError(f"{key}: {path} does not exist")
+            raise FileNotFoundError(f"{key}: {typed_path(section, path)} does not exist")
     if cfg.tokenizer.kind == "hf" and not (cfg.tokenizer.path or cfg.model.hf_path):
         raise ValueError("tokenizer.kind=hf needs tokenizer.path or model.hf_path")
     if cfg.sft.enabled and cfg.data.source == "files" and not cfg.data.sft:

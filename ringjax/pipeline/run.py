@@ -39,7 +39,7 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
 
     `only="sft"` stops after SFT and its checkpoint pick (`ringjax sft`)."""
     check_inputs(cfg)
-    resumed = claim(cfg, overwrite)
+    resumed = claim(cfg, overwrite, log)
     from ringjax.pipeline import stages  # imports JAX: after the cheap checks
 
     t0 = time.perf_counter()
@@ -63,7 +63,8 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
                 write_json(os.path.join(out, "state.json"), state)
                 log(f"sft: picked step {result['picked_step']} (eval entropy {result['entropy']:.3f}, band "
                     f"{list(cfg.sft.entropy_band)}{'' if result['in_band'] else ', closest: none in band'})")
-            policy = functools.cache(functools.partial(stages.restore, ctx, state["done"]["sft"]["picked_dir"]))
+            picked_dir = os.path.join(out, state["done"]["sft"]["picked_dir"])  # relative to the run folder
+            policy = functools.cache(functools.partial(stages.restore, ctx, picked_dir))
         if only == "sft":
             summary.update(sft=state["done"]["sft"], seconds=round(time.perf_counter() - t0, 1))
             return summary
@@ -82,7 +83,8 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
                     return _stopped(summary, stage.name, result["step"], log)
                 state["done"][stage.name] = result
                 write_json(os.path.join(out, "state.json"), state)
-            policy = functools.cache(functools.partial(stages.restore, ctx, state["done"][stage.name]["final_dir"]))
+            final_dir = os.path.join(out, state["done"][stage.name]["final_dir"])  # relative to the run folder
+            policy = functools.cache(functools.partial(stages.restore, ctx, final_dir))
             rl_steps += stage.steps
             _evaluate(ctx, policy, stage.name, state, rl_steps)
         if cfg.export.enabled:

@@ -1,9 +1,10 @@
 """The output folder of a pipeline run: who owns it (`run.json`), what is done (`state.json`), Ctrl-C handling.
 
-`run.json` records the run's full config. A later run into the same folder must have the same config (it then
-resumes: finished stages are skipped, the stage in progress continues from its newest checkpoint); a different
-config is refused before any compute, naming the keys that differ. `state.json` is rewritten atomically after
-every finished stage.
+`run.json` records the run's full config, every path absolute. A later run into the same folder must have the same
+config (it then resumes: finished stages are skipped, the stage in progress continues from its newest checkpoint);
+a different config is refused before any compute, naming the keys that differ. The run folder itself may move: a
+`run.json` recording another `out` resumes in the new place and says so once (`run.json` is updated). `state.json`
+is rewritten atomically after every finished stage; the folders it names are relative to the run folder.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def claim(cfg: PipelineConfig, overwrite: bool = False) -> bool:
+def claim(cfg: PipelineConfig, overwrite: bool = False, log=print) -> bool:
     """Takes `cfg.out` for this run; True when it resumes an earlier run of the same config.
 
     FileExistsError when the folder holds a different run, or files that are not a ringjax run."""
@@ -47,10 +48,13 @@ def claim(cfg: PipelineConfig, overwrite: bool = False) -> bool:
     if os.path.isfile(path):
         with open(path) as f:
             theirs = json.load(f)
-        differ = _diff(theirs, mine)
+        differ = _diff({**theirs, "out": out}, mine)
         if differ:
             raise FileExistsError(f"output folder {out} holds a different run (config differs in {differ[:6]}); "
                                   f"choose another out=..., or pass --overwrite to replace it")
+        if theirs.get("out") != out:
+            log(f"ringjax: the run folder moved from {theirs.get('out')} to {out}; resuming here")
+            _atomic_json(path, mine)
         return True
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"output folder {out} exists, is not empty and holds no ringjax run ({RUN})")

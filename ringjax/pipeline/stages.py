@@ -134,7 +134,7 @@ def sft(ctx: Context, model: Ling, on_step, stop) -> dict:
         return {"stopped": True, "step": step}
     picked, entropy, in_band = pick(run_dir, cfg.sft.entropy_band, cfg.sft.band_miss)
     return {"stopped": False, "step": step, "picked_step": picked, "entropy": entropy, "in_band": in_band,
-            "skipped": result.skipped, "picked_dir": os.path.join(run_dir, "checkpoints", str(picked))}
+            "skipped": result.skipped, "picked_dir": os.path.join("sft", "checkpoints", str(picked))}  # in cfg.out
 
 
 def pick(run_dir: str, band: tuple[float, float], miss: str) -> tuple[int, float, bool]:
@@ -174,7 +174,7 @@ def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop) -> dict:
     if result.stopped:
         return {"stopped": True, "step": step}
     rewards = [h["reward_mean"] for h in result.history]
-    return {"stopped": False, "step": step, "final_dir": latest_step_dir(run_dir),
+    return {"stopped": False, "step": step, "final_dir": os.path.relpath(latest_step_dir(run_dir), ctx.cfg.out),
             "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
 
 

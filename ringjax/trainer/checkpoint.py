@@ -60,7 +60,8 @@ class Checkpointer:
         for field, value in (("every", every), ("keep", keep)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Checkpointer: {field} must be an int >= 1, got {value!r}")
-        self.directory, self.every, self.meta = str(directory), every, _json(META, meta)
+        # Orbax takes absolute paths only: a relative one is relative to the current folder
+        self.directory, self.every, self.meta = os.path.abspath(directory), every, _json(META, meta)
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
             registry.add(STATE, args, ocp.handlers.StandardCheckpointHandler)  # so item_metadata gives the tree

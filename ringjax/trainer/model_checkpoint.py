@@ -54,7 +54,7 @@ def read_model_config(step_dir: str, **compute) -> LingConfig:
 
 def restore_model(path: str, mesh: Mesh | None = None, **compute) -> Ling:
     """The model of checkpoint `path` (a step folder, a checkpoints folder or a run folder: newest step)."""
-    step_dir = latest_step_dir(path)
+    step_dir = latest_step_dir(os.path.abspath(path))  # Orbax reads absolute paths only
     cfg = read_model_config(step_dir, **compute)
     graphdef, params, frozen = split_model(abstract_model(cfg))
     like = {"params": params, "frozen": frozen}
@@ -75,6 +75,7 @@ def restore_model(path: str, mesh: Mesh | None = None, **compute) -> Ling:
 def save_model(model: Ling, directory: str) -> str:
     """Writes `model` as step 0 of an Orbax checkpoint folder `directory` (must not hold one); returns the step
     folder. Atomic: Orbax writes a temporary folder and renames it."""
+    directory = os.path.abspath(directory)  # Orbax writes absolute paths only
     if os.path.isdir(directory) and os.listdir(directory):
         raise FileExistsError(f"{directory} exists and is not empty")
     _, params, frozen = split_model(model)
