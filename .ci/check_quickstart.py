@@ -10,8 +10,10 @@ import os
 import re
 import sys
 
-# A console line a dependency printed: a Python warning, a log record of level WARNING / ERROR, a traceback.
-NOISE = re.compile(r"Warning\b|\bWARNING\b|\bERROR\b|\bError\b|Traceback|^\[?[WE]\d{4} ")
+# A console line a dependency printed: a Python warning, a log record (Python logging, absl / glog, Ray's C++ core),
+# a traceback.
+NOISE = re.compile(r"Warning\b|\b(WARNING|ERROR|INFO|DEBUG)\b|\bError\b|Traceback|(^|\s)[IWEF]\d{4} \d\d:\d\d"
+                   r"|\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\]")
 
 
 def first_command(readme: str) -> str:
@@ -41,7 +43,8 @@ def check(log_path: str, rc: int, out: str) -> list[str]:
             and os.path.isfile(os.path.join(export, "tokenizer.json"))):
         problems.append(f"{export} holds no complete HF export")
     run = log.rsplit("Successfully installed", 1)[-1]  # the console of `ringjax train`, after pip's own lines
-    noise = [line for line in run.splitlines()[1:] if NOISE.search(line) and not line.startswith("ringjax")]
+    lines = run.replace("\r", "\n").splitlines()[1:]  # progress bars redraw with carriage returns
+    noise = [line for line in lines if NOISE.search(line) and not line.startswith("ringjax")]
     if noise:
         problems.append("dependency messages on the console:\n  " + "\n  ".join(noise[:20]))
     print(f"quickstart: accuracy (mean) {json.dumps({k: round(v, 3) for k, v in means.items()})}")

@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 benchmarks/engine_bench.py [--sizes bench-tiny,bench-100m] [--batches 8,32]
         [--chunks 8,32] [--repeats 3] [--skip-sglang] [--skip-static] [--out FILE]
 
-The /work/shared/BENCHMARKS.md decode protocol: `batch` prompts of --prompt-len random ids, --new-tokens new
+The decode protocol of docs/benchmarks.md: `batch` prompts of --prompt-len random ids, --new-tokens new
 tokens, temperature 1.0, top_p 1.0, no stop ids and max_tokens = --new-tokens, so every row generates every token
 (checked: a row that comes back shorter, or with another finish than "length", is an error). Per size and batch:
 - jax_engine: `rollout.jax_engine.JaxEngine` with slots = batch, max_context = prompt + new tokens, once per
@@ -17,7 +17,7 @@ warm-up run (`first_s`: the warm-up, compile included); `best_tok_per_s` uses th
 1-minute load average before and after each measurement: figures taken while other work loads the machine are not
 comparable (SGLang's CPU path, whose OpenMP threads are pinned to the cores, suffers most).
 
-`targets` holds BENCHMARKS.md's bar for the embedded JAX engine: 2x the best peer of each column of its decode
+`targets` holds docs/benchmarks.md's bar for the embedded JAX engine: 2x the best peer of each column of its decode
 table (copied into PEERS below), with pass / fail for the best `decode_chunk`, and `jax_over_sglang` (the GPU bar
 is 0.8x SGLang on the same model and batch). Prints one JSON line per measurement and a final {"summary": ...}
 line (also written to --out). Device-agnostic for the JAX side; SGLang is started with --device cpu.
@@ -45,7 +45,8 @@ from rollout.types import Request, SamplingParams
 from _summary import emit_summary
 from model_bench import bench_decode
 
-# BENCHMARKS.md decode table (generated tokens/s, 2-core CPU, f32 unless noted): {engine: {column: figure}}.
+# The peer decode table of docs/benchmarks.md (generated tokens/s, 2-core CPU, f32 unless noted): {engine: {column:
+# figure}}. Only peers re-measured in the same run on the same machine support a claim (see there).
 PEERS = {
     "Tunix 0.1.7 Sampler, f32": {"tiny/b8": 1404, "tiny/b32": 2011, "100m/b8": 119, "100m/b32": 284},
     "SGLang 0.5.23 on CPU, f32": {"tiny/b8": 698, "tiny/b32": 1296, "100m/b8": 212, "100m/b32": 429},
@@ -115,7 +116,7 @@ def sglang_engine(model, batches: list[int], args):
         sys.path.insert(0, TESTS_DIR)
     from sglang_support.runner import engine_env, sglang_version
 
-    from rollout.sglang_engine import SGLangConfig, SGLangEngine
+    from rollout.sglang.engine import SGLangConfig, SGLangEngine
 
     with tempfile.TemporaryDirectory(prefix="engine_bench_") as tmp:
         path = save_pretrained(model, os.path.join(tmp, "model"))
@@ -132,7 +133,7 @@ def sglang_engine(model, batches: list[int], args):
 
 
 def targets(results: list[dict]) -> dict:
-    """BENCHMARKS.md's bar per column: 2x the best peer, met (or not) by the best decode_chunk of the JAX engine."""
+    """The bar of docs/benchmarks.md per column: 2x the best peer, met or not by the JAX engine's best decode_chunk."""
     out = {}
     for r in results:
         col = r["column"]

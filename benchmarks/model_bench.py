@@ -1,4 +1,4 @@
-"""Forward and decode throughput of random-init Ling models, the ringjax side of /work/shared/BENCHMARKS.md.
+"""Forward and decode throughput of random-init Ling models, the ringjax side of docs/benchmarks.md.
 
     PYTHONPATH=. python3 benchmarks/model_bench.py [--presets bench-tiny,bench-100m] [--batches 8,32]
         [--dtype float32|bfloat16] [--runs 3] [--out FILE] [--set compute.moe=gather ...]

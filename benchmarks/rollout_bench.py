@@ -53,7 +53,7 @@ from ringjax.model import Ling, abstract_model, preset
 from ringjax.trainer import assemble_step, pack_micro_batches, response_tokens
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.optim import OptimConfig, make_optimizer
-from ringjax.trainer.rollout import to_responses
+from ringjax.trainer.rollout_io import to_responses
 from ringjax.trainer.state import init_train_state, merge_model, split_model
 from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig
@@ -190,7 +190,7 @@ def _stats(xs: list[float]) -> dict:
 def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dict:
     cfg = model.config
     max_context = args.prompt_len + args.max_tokens
-    loss = LossConfig(phi=args.phi)
+    loss = LossConfig()
     tx = make_optimizer(OptimConfig(lr=1e-5))
     graphdef, state = init_train_state(model, tx, args.seed)
     lengths: dict[tuple[str, int], int] = {}
@@ -235,7 +235,8 @@ def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dic
                 pool += to_responses(finished, loss)
             t_rollout = time.perf_counter() - t0
             taken, pool = assemble_step(pool, args.phi, max_response_len=args.max_tokens)
-            batch = device_batch(stack_micro_batches(pack_micro_batches(taken, args.rows, max_context), loss))
+            mbs = pack_micro_batches(taken, args.rows, max_context)
+            batch = device_batch(stack_micro_batches(mbs, loss.aggregation, taken.phi))
             n_micro = int(batch["tokens"].shape[0])
             compile_s, aot_backend_s = 0.0, 0.0
             if n_micro not in compiled:  # ahead-of-time, outside the timing
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = random_model(cfg, seed=args.seed)
     tx = make_optimizer(OptimConfig(lr=1e-5))
-    step_fn = make_train_step(split_model(model)[0], tx, rl_loss_fn(LossConfig(phi=args.phi)))
+    step_fn = make_train_step(split_model(model)[0], tx, rl_loss_fn(LossConfig()))
     compiled: dict[int, object] = {}
     runs = []
     for mode in args.modes.split(","):

@@ -1,4 +1,4 @@
-"""RL train-step throughput (loss + grad + AdamW, one update per step), the ringjax side of BENCHMARKS.md.
+"""RL train-step throughput (loss + grad + AdamW, one update per step), the ringjax side of docs/benchmarks.md.
 
     python3 benchmarks/train_bench.py [--presets bench-tiny,bench-100m] [--seqs 16] [--seq-len 256]
         [--rows 4] [--dtype float32|bfloat16] [--runs 3] [--peak-tflops X] [--out FILE]
@@ -41,13 +41,12 @@ def make_batch(vocab: int, seqs: int, seq_len: int, rows: int, loss: LossConfig,
                           logp_infer=-np.log(vocab) + 0.05 * rng.normal(size=n), reward=float(i % 2),
                           advantage=float(rng.normal())) for i in range(seqs)]
     step, _ = assemble_step(responses, seqs * n)
-    return stack_micro_batches(pack_micro_batches(step, rows, seq_len, packed=False), loss)
+    return stack_micro_batches(pack_micro_batches(step, rows, seq_len, packed=False), loss.aggregation, step.phi)
 
 
 def bench(name: str, args) -> dict:
     cfg = preset(name, **{"compute.dtype": args.dtype, "compute.param_dtype": "float32"})
-    phi = args.seqs * (args.seq_len - PROMPT)
-    loss = LossConfig(phi=phi)
+    loss = LossConfig()  # c3po over phi = seqs * (seq_len - PROMPT), every response token of the step
     tx = make_optimizer(OptimConfig(lr=1e-5))
     model = create_model(cfg, seed=0)
     graphdef, state = init_train_state(model, tx, 0)

@@ -1,7 +1,7 @@
 """`ringjax` command line: thin wrappers over library functions.
 
     ringjax train [CONFIG] [key=value ...]   SFT -> entropy-band pick -> RL stages -> eval -> HF export
-    ringjax sft CONFIG | eval CONFIG | plan CONFIG | export SRC OUT | import HF OUT | info MODEL
+    ringjax sft CONFIG | eval CONFIG | plan CONFIG | config CONFIG | export SRC OUT | import HF OUT | info MODEL
 
 Bad input (a missing file, an unknown key or value, an output folder holding another run) exits with status 2 and
 one line naming the culprit, before any compute. Ctrl-C during training saves a checkpoint and exits with 130;
@@ -73,7 +73,7 @@ def _eval(args) -> int:
         target = os.path.join(cfg.out, "hf")
         if not os.path.exists(target):
             raise FileNotFoundError(f"{target} does not exist (the run's export); pass --hf or --checkpoint")
-    ctx = stages.setup(cfg, print)
+    ctx = stages.setup(cfg, print, rl=False)  # evaluation generates in-process: no Ray
     model = stages.restore(ctx, target) if args.checkpoint else from_pretrained(target, ctx.mesh)
     result = stages.evaluate_model(ctx, model, 0, log=False)
     print(accuracy_table({target: result["accuracy"]}))
@@ -82,7 +82,7 @@ def _eval(args) -> int:
 
 
 def _plan(args) -> int:
-    from ringjax.pipeline.plan import plan_pipeline
+    from ringjax.plan import plan_pipeline
 
     cfg = _pipeline(args, inputs=False)  # shapes only: needs neither data nor weights when a preset is given
     plans = plan_pipeline(cfg, devices=args.devices, device_memory_gb=args.device_memory_gb)
@@ -111,7 +111,7 @@ def _export(args) -> int:
         else:
             model = restore_model(src)  # an Orbax step folder, checkpoints folder or run folder
             tokenizer = _run_tokenizer(src)
-    path = save_pretrained(model, out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+    path = save_pretrained(model, out, dtype=args.dtype, max_shard_size=args.max_shard_size, mtp=args.mtp,
                            overwrite=args.overwrite)
     copied = []
     if tokenizer is not None:
@@ -172,6 +172,18 @@ def _pick_checkpoint(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    from ringjax.config_doc import commented_yaml
+
+    cfg = _pipeline(args, inputs=False)  # printing reads neither data nor weights
+    source = args.config or "the embedded demo (ringjax/pipeline/demo.yaml)"
+    header = [f"ringjax config: {source}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""),
+              "resolved as `ringjax train` runs it (rl_base merged, overrides applied, defaults filled in);",
+              "each comment is the field's description from its config dataclass"]
+    print(commented_yaml(cfg, header), end="")
+    return 0
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help=_CONFIG_HELP)
     p.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES_HELP)
@@ -212,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mtp", choices=["drop", "keep"], default="drop",
+                   help="drop (default): no MTP layers, num_nextn_predict_layers 0, as SGLang and vLLM serve it; "
+                        "keep: also write the MTP layers (for MTP speculative decoding)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_export)
 
@@ -230,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band", nargs=2, type=float, metavar=("LO", "HI"), default=[0.3, 0.5],
                    help="entropy band, inclusive (default: Ring-lite's 0.3 0.5)")
     p.set_defaults(func=_pick_checkpoint)
+
+    p = sub.add_parser("config", help="the resolved config (after overrides) as YAML, each field described",
+                       description="Print the config as `ringjax train` would run it (rl_base merged, overrides "
+                                   "applied, defaults filled in) as YAML, each field's description as a comment.")
+    _config_args(p)
+    p.set_defaults(func=_config)
     return parser
 
 

@@ -9,7 +9,8 @@ and decode all of them; `generate` chains the two for one fixed batch.
   Prefill also writes K/V for the padding after a prompt; a decode step overwrites that slot before any
   query can attend to it (the mask is `key_pos <= query_pos`), so padding never leaks into a row.
 - Sampling: `temperature == 0` is greedy; otherwise categorical over `logits / temperature`, restricted to
-  the top-p nucleus when `top_p < 1`.
+  the top-p nucleus when `top_p < 1`. The rule is `ringjax.sampling.sample_rows`, the JAX engine's per-slot
+  sampler, called with this batch's one setting broadcast to every row: same key, same draws.
 - Returned log-probs (what RL calls `logp_infer`): log-softmax of the temperature-scaled logits, WITHOUT the
   top-p truncation, so they compare directly with a trainer's `token_logprobs(..., temperature)`. Greedy
   (temperature 0) returns the log-prob under the unscaled (temperature 1) logits.
@@ -29,6 +30,7 @@ from flax import nnx
 from ringjax.model.kv_cache import init_cache
 from ringjax.model.model import Ling
 from ringjax.typing import Array, Bool, Float, Int
+from ringjax.sampling import sample_rows
 
 
 class GenerateOutput(NamedTuple):
@@ -53,35 +55,14 @@ class Sampling:
             raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
 
 
-def nucleus_mask(logits: Float[Array, "B V"], top_p: float) -> Bool[Array, "B V"]:
-    """True for the smallest set of most likely tokens whose probability reaches `top_p` (ties kept).
-
-    `top_p >= 1` keeps every token, also those whose float32 probability underflows to 0.
-    """
-    if top_p >= 1:
-        return jnp.ones(logits.shape, bool)
-    probs = jax.nn.softmax(logits, axis=-1)  # [B V]
-    sorted_probs = jnp.sort(probs, axis=-1)[:, ::-1]  # [B V] descending
-    before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs  # [B V] mass strictly above each rank
-    kept = jnp.sum(before < top_p, axis=-1)  # [B] nucleus size (>= 1)
-    threshold = jnp.take_along_axis(sorted_probs, kept[:, None] - 1, axis=-1)  # [B 1]
-    return probs >= threshold
-
-
 def sample_logits(logits: Float[Array, "B V"], key: jax.Array,
                   sampling: Sampling) -> tuple[Int[Array, " B"], Float[Array, " B"]]:
-    """One token per row and its log-prob under `logits / temperature` (no top-p truncation)."""
-    logits = logits.astype(jnp.float32)
-    if sampling.temperature == 0:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
-        logp = jax.nn.log_softmax(logits, axis=-1)  # [B V]
-    else:
-        logp = jax.nn.log_softmax(logits / sampling.temperature, axis=-1)  # [B V]
-        choice = logp
-        if sampling.top_p < 1:
-            choice = jnp.where(nucleus_mask(logp, sampling.top_p), logp, -jnp.inf)
-        tokens = jax.random.categorical(key, choice, axis=-1).astype(jnp.int32)  # [B]
-    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    """One token per row and its log-prob under `logits / temperature` (no top-p truncation): `sample_rows` with
+    the one setting on every row."""
+    b = logits.shape[0]
+    temperature = jnp.full((b,), sampling.temperature, jnp.float32)  # [B]
+    top_p = jnp.full((b,), sampling.top_p, jnp.float32)  # [B]
+    return sample_rows(logits, key, temperature, top_p, use_top_p=sampling.top_p < 1)
 
 
 def _row_logits(model: Ling, hidden: Float[Array, "B S H"], index: Int[Array, " B"]) -> Float[Array, "B V"]:

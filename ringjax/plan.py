@@ -4,7 +4,8 @@ Nothing is allocated and no devices are needed: the model is built with `abstrac
 variables are laid out by the project's own rules, `ringjax.sharding.state_shardings` on a
 `jax.sharding.AbstractMesh`, so a mesh that does not divide a parameter fails with the same error as
 `create_model`. Parameter, gradient and optimizer sizes are exact per-device shard sizes; activations and the
-log-prob working set are estimates (`activation_bytes`, `logits_bytes`).
+log-prob working set are estimates (`activation_bytes`, `logits_bytes`). `plan_pipeline` plans every training
+phase of a pipeline config (SFT and each RL stage) with its micro-batch shape and rollout KV cache.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 from flax import nnx
 
 from ringjax.model import LingConfig, abstract_model, count_params
-from ringjax.sharding import MESH_AXES, batch_shards, state_shardings
+from ringjax.sharding import MESH_AXES, batch_shards, resolve_mesh_sizes, state_shardings
 from ringjax.trainer.state import split_model
+
+if TYPE_CHECKING:
+    from ringjax.pipeline.config import PipelineConfig
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -198,3 +202,45 @@ def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, se
         fits=None if capacity is None else total <= headroom * capacity,
         largest_params=[(s.name, s.shape, s.shard) for s in largest], headroom=headroom)
 
+
+def model_config(cfg: PipelineConfig) -> LingConfig:
+    """The architecture a pipeline config trains: the preset (with overrides), else the weights' config.json / meta."""
+    m = cfg.model
+    compute = m.overrides.get("compute", {})
+    if m.preset:
+        from ringjax.model import preset
+        return preset(m.preset, **m.overrides)
+    if m.hf_path:
+        from ringjax.hf import read_config
+        return read_config(m.hf_path, **compute)
+    from ringjax.trainer.model_checkpoint import latest_step_dir, read_model_config
+    return read_model_config(latest_step_dir(m.checkpoint), **compute)
+
+
+def _local_memory_gb() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
+
+
+def plan_pipeline(cfg: PipelineConfig, devices: int | None = None,
+                  device_memory_gb: float | None = None) -> dict[str, MemoryPlan]:
+    """{phase: plan} for SFT (when enabled) and every RL stage, with their micro-batch shapes (`ringjax plan`)."""
+    axes = cfg.mesh.axes()
+    if devices is None:
+        devices = jax.device_count() if -1 in axes.values() else math.prod(axes.values())
+    mesh = resolve_mesh_sizes(axes, devices)
+    memory = device_memory_gb or cfg.mesh.device_memory_gb
+    if memory is None:
+        memory = _local_memory_gb()
+    model = model_config(cfg)
+    phases = {}
+    if cfg.sft.enabled:
+        phases["sft"] = (cfg.sft.train.rows, cfg.sft.train.seq_len, 0, 0)
+    for stage in cfg.stages:
+        rl = cfg.stage_rl(stage)
+        shared = rl.rollout.engine == "jax" and rl.rollout.workers == 0  # the engine's KV cache on these devices
+        slots = (rl.rollout.slots or rl.omega) if shared else 0
+        phases[f"rl {stage.name}"] = (rl.rows, rl.seq_len, slots, rl.max_prompt_len + rl.max_new_tokens)
+    return {name: plan_memory(model, mesh, rows=rows, seq_len=seq_len, device_memory_gb=memory,
+                              optimizer_dtype=model.compute.param_dtype, kv_slots=slots, kv_context=context)
+            for name, (rows, seq_len, slots, context) in phases.items()}

@@ -2,7 +2,7 @@
 
 - `rollout.types`: the engine interface (`Request`, `Output`, `SamplingParams`, `Engine`);
 - `rollout.jax_engine.JaxEngine`: the embedded engine (slot-based continuous batching on the trainer's mesh);
-- `rollout.sglang_engine.SGLangEngine`: one SGLang server per engine, bucketed weight sync from the trainer;
+- `rollout.sglang.engine.SGLangEngine`: one SGLang server per engine, bucketed weight sync from the trainer;
 - `rollout.ray_pool.RayEnginePool`: engines in Ray actors behind the same interface, results through a
   `ray.util.queue.Queue`, dead workers restarted and their requests reissued;
 - `rollout.c3po_pp.C3POPlusPlus`: token-budgeted iterations with carry-over (and the synchronous baseline);

@@ -1,6 +1,7 @@
 """C3PO++ (Ring-1T): token-budgeted rollout iterations whose unfinished responses carry over to the next policy.
 
-Per iteration t (SPEC section 2), over any `rollout.types.Engine` (the in-process JAX engine or a Ray pool):
+Per iteration t (docs/architecture.md, C3PO++), over any `rollout.types.Engine` (the in-process JAX engine, SGLang
+or a Ray pool):
 1. drop every rollout group that has already spanned `sigma` iterations (started at b with t - b >= sigma); its
    tokens are counted in `stats["dropped_groups"]` / `stats["dropped_tokens"]`, never silently lost;
 2. re-submit the unfinished responses of the inference pool as continuations (prompt + tokens so far), so the

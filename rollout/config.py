@@ -19,7 +19,7 @@ class RolloutConfig:
     ray_address: str | None = None  # join this Ray cluster; None: start a local one
     queue_size: int = 256  # Ray trajectory queue capacity (back-pressure on the workers)
     reward_workers: int = 4  # threads scoring complete groups while generation goes on
-    reward_timeout_s: float = 60.0
+    reward_timeout_s: float = 60.0  # seconds one reward call may run (from its start) before it scores 0, counted
 
     def __post_init__(self):
         if self.mode not in ("c3po++", "sync"):

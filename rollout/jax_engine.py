@@ -41,7 +41,7 @@ from ringjax.model.kv_cache import init_cache
 from ringjax.model.model import Ling
 from ringjax.sharding import batch_shards, use_mesh
 from ringjax.typing import Array, Float, Int
-from rollout.sampling import sample_rows
+from ringjax.sampling import sample_rows
 from rollout.types import Output, Request, check_request
 from rollout.weights import model_from_flat
 

@@ -16,8 +16,19 @@ Failures: each worker runs its loop as one long actor call, so its death surface
 2. waits, without blocking `step()`, for Ray to restart the actor (`max_restarts`; fresh state; Ray refuses calls
    while it restarts, so the pool asks again every 0.2 s for up to `restart_timeout` s) or, if Ray will not (the
    actor is dead for good, its loop broke, the restart failed or took too long), starts a replacement actor; then
-   sends it the current weights and version and a new attempt, and starts its loop again;
+   sends it the factory, the queue, the current weights and version and a new attempt, and starts its loop again;
 3. raises `WorkerPoolError` once one worker has failed more than `max_restarts` times.
+
+A restarted actor gets its constructor arguments again, so they hold nothing that may be gone by then: the worker is
+built from its index alone, and what it works with, the engine factory, the queue and the weights, comes with
+`configure`, from references the pool keeps (Ray warns about constructor arguments in the object store for actors
+with `max_restarts`, https://github.com/ray-project/ray/issues/53727).
+
+`start_ray` is how ringjax starts or joins Ray. Ray starts its processes through `subprocess` with a `preexec_fn`,
+which forks the calling process: start Ray before JAX starts its backends' threads (the pipeline does), or JAX
+rightly warns about `os.fork()`. Authentication is Ray's (https://docs.ray.io/en/latest/ray-security/token-auth.html):
+a local cluster gets token authentication, by default since Ray 2.59 (with a notice saying so) or because
+`RAY_AUTH_MODE=token` was set before Ray was imported (the pipeline sets it); a joined cluster keeps its own.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +58,19 @@ _BACKLOG = -1  # worker index of requests waiting for a live worker
 
 class WorkerPoolError(RuntimeError):
     """The pool gave up: a worker failed more often than `max_restarts` allows."""
+
+
+def start_ray(address: str | None = None, **init_kwargs) -> bool:
+    """Starts a local Ray cluster (`address` None and no `RAY_ADDRESS` in the environment) or joins the one at
+    `address`, unless Ray is up already; True when this call started or joined it (the caller then shuts it down).
+    Ray's INFO lines (it started, it generated a token) stay out of the console (`logging_level`); its warnings
+    still reach it."""
+    if ray.is_initialized():
+        return False
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    ray.init(address="local" if local else address, **init_kwargs)  # "local": never a cluster found on this host
+    return True
 
 
 @dataclasses.dataclass
@@ -78,14 +103,12 @@ class RayEnginePool:
         if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
             raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
                              f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            ray.init(address=address)
+        self._owns_ray = start_ray(address)
         self.max_restarts, self.poll_timeout, self.abort_timeout = max_restarts, poll_timeout, abort_timeout
         self.restart_timeout = restart_timeout
         self._options = dict(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
                              max_concurrency=max_concurrency, runtime_env=runtime_env)
-        self._factory = ray.put(factory)  # held here: Ray needs the constructor arguments again at each restart
+        self._factory = ray.put(factory)  # held here, sent with every `configure`: each (re)started worker needs it
         self._queue = Queue(maxsize=queue_size, actor_options={"num_cpus": 0})
         self._weights_ref: ray.ObjectRef | None = None  # None: the factory's weights
         self._tickets: dict[int, _Ticket] = {}
@@ -99,7 +122,7 @@ class RayEnginePool:
         infos = []
         for i, w in enumerate(self._workers):
             try:
-                infos.append(ray.get(w.handle.configure.remote(0, None, 0)))
+                infos.append(ray.get(w.handle.configure.remote(0, self._factory, self._queue, None, 0)))
             except (RayActorError, RayTaskError) as e:
                 self.close()
                 raise WorkerPoolError(f"worker {i} failed to start: {e}") from e
@@ -210,7 +233,7 @@ class RayEnginePool:
 
     # -- internals ---------------------------------------------------------------------------------------------------
     def _spawn(self, index: int):
-        return _RemoteWorker.options(**self._options).remote(self._factory, self._queue, index)
+        return _RemoteWorker.options(**self._options).remote(index)  # no reference: see the module docstring
 
     def _start_loop(self, w: _Worker) -> None:
         w.alive, w.recovering = True, None
@@ -274,7 +297,8 @@ class RayEnginePool:
         now = time.monotonic()
         for w in self._workers:
             if not w.alive and w.recovering is None and now >= w.retry_at:
-                w.recovering = w.handle.configure.remote(w.attempt, self._weights_ref, self.version)
+                w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue, self._weights_ref,
+                                                         self.version)
         pending = {(w.loop if w.alive else w.recovering): k for k, w in enumerate(self._workers)}
         pending.pop(None, None)
         if not pending:

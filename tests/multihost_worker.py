@@ -5,8 +5,10 @@
 
 Without the RINGJAX_* variables it is a single-process run on `--local-devices` devices: the reference. Either way
 it builds a (data 1, fsdp 2, expert 2, tensor 1) mesh over all global devices, creates the tiny-v2 model sharded,
-takes two train steps on a deterministic batch (every process holds the same host batch) and writes the initial and
-final parameters, gathered to the host, plus process and device counts to OUT.npz. Cross-process collectives on CPU
+takes two train steps (SGD with momentum, learning rate 1: the first update is minus the gradient, as in
+tests/test_train_step.py) on a deterministic batch (every process holds the same host batch) and writes the
+parameters before and after each step, gathered to the host, each step's metrics, and process and device counts
+to OUT.npz. Cross-process collectives on CPU
 go through gloo over TCP, JAX's default `jax_cpu_collectives_implementation` once `jax.distributed` is initialised.
 """
 
@@ -28,7 +30,6 @@ def _batch(phi: int, rows: int, seed: int = 0):
     """The deterministic step batch of tests/test_train_step.py: 12 random responses, phi-token budget."""
     import numpy as np
 
-    from ringjax.losses import LossConfig
     from ringjax.trainer import Response, assemble_step, pack_micro_batches
     from ringjax.trainer.batch import stack_micro_batches
 
@@ -40,7 +41,7 @@ def _batch(phi: int, rows: int, seed: int = 0):
                                   logp_infer=-6.2 + 0.3 * rng.normal(size=m), reward=0.0,
                                   advantage=float(rng.normal())))
     step, _ = assemble_step(responses, phi)
-    return stack_micro_batches(pack_micro_batches(step, rows, 24), LossConfig(phi=phi))
+    return stack_micro_batches(pack_micro_batches(step, rows, 24), "c3po", step.phi)
 
 
 def _host_params(params) -> dict[str, object]:
@@ -64,10 +65,10 @@ def main() -> None:
 
     import jax
     import numpy as np
+    import optax
 
     import ringjax
     from ringjax.losses import LossConfig
-    from ringjax.trainer.optim import OptimConfig, make_optimizer
     from ringjax.trainer.state import abstract_train_state, init_train_state
     from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn
 
@@ -77,24 +78,27 @@ def main() -> None:
     phi = 64
     mesh = ringjax.make_mesh(data=1, fsdp=2, expert=2, tensor=1)  # over jax.devices(): every process's devices
     cfg = ringjax.preset("tiny-v2")
-    tx = make_optimizer(OptimConfig(lr=1e-3))
+    tx = optax.sgd(1.0, momentum=0.9)
     graphdef, state = init_train_state(ringjax.create_model(cfg, mesh, seed=0), tx, 0, mesh)
     init = _host_params(state.params)  # before the first step donates the state
-    step = make_train_step(graphdef, tx, rl_loss_fn(LossConfig(phi=phi)),
+    step = make_train_step(graphdef, tx, rl_loss_fn(LossConfig()),
                            state_shardings=abstract_train_state(cfg, tx, mesh)[1])
     host_batch = _batch(phi, rows=8)
-    losses = []
+    metrics, params = [], [init]
     for _ in range(args.steps):
         with jax.set_mesh(mesh):
             state, sums = step(state, device_batch(host_batch, mesh))
-        losses.append(finalize_metrics(jax.device_get(sums))["loss"])
-    final = _host_params(state.params)
+        metrics.append(finalize_metrics(jax.device_get(sums)))
+        params.append(_host_params(state.params))
+    keys = ("loss", "grad_norm", "tokens", "icepop_masked_frac")
 
     np.savez(args.out, process_index=jax.process_index(), process_count=jax.process_count(),
              local_devices=jax.local_device_count(), global_devices=jax.device_count(),
              mesh_processes=sorted({d.process_index for d in mesh.devices.flat}), step=int(state.step),
-             loss=np.asarray(losses), **{f"init{k}": v for k, v in init.items()},
-             **{f"final{k}": v for k, v in final.items()})
+             **{k: np.asarray([m[k] for m in metrics]) for k in keys},
+             loss_weight=float(np.sum(host_batch["token_weights"] * np.abs(host_batch["advantages"]))),
+             positions=host_batch["tokens"].size, seq_len=host_batch["tokens"].shape[-1],
+             **{f"params{i}{k}": v for i, p in enumerate(params) for k, v in p.items()})
     if jax.process_count() > 1:
         jax.distributed.shutdown()
 

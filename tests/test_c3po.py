@@ -41,12 +41,12 @@ def _full(pieces):
 
 
 def _masked_triples(micro_batches):
-    """(token, logp_infer, advantage, version, seq_index) at every masked position, sorted."""
+    """(token, logp_infer, advantage, seq_index) at every masked position, sorted."""
     triples = []
     for mb in micro_batches:
         b, j = np.nonzero(mb.loss_mask)
         triples += zip(mb.tokens[b, j + 1].tolist(), mb.logp_infer[b, j].tolist(), mb.advantages[b, j].tolist(),
-                       mb.versions[b, j].tolist(), mb.seq_index[b, j].tolist())
+                       mb.seq_index[b, j].tolist())
     return sorted(triples)
 
 
@@ -73,21 +73,20 @@ def test_packing_masks_exactly_phi_aligned_tokens(pool, rows, extra, packed):
     assert sum(int(mb.loss_mask.sum()) for mb in mbs) == phi
     for mb in mbs:
         assert mb.tokens.shape == (rows, seq_len) and mb.loss_mask.shape == (rows, seq_len - 1)
-    # Reconstruct every response from its masked positions and check token, logp, advantage, version, length.
+    # Reconstruct every response from its masked positions and check token, logp, advantage, length.
     got = {}
     for mb in mbs:
         for b, j in zip(*np.nonzero(mb.loss_mask)):
             assert mb.segment_ids[b, j] == mb.segment_ids[b, j + 1] > 0
             got.setdefault(int(mb.seq_index[b, j]), []).append(
-                (mb.tokens[b, j + 1], mb.logp_infer[b, j], mb.advantages[b, j], mb.versions[b, j],
-                 mb.response_len[b, j], mb.positions[b, j + 1]))
+                (mb.tokens[b, j + 1], mb.logp_infer[b, j], mb.advantages[b, j], mb.response_len[b, j],
+                 mb.positions[b, j + 1]))
     assert sorted(got) == list(range(len(step.responses)))
     for i, r in enumerate(step.responses):
-        tokens, logp, adv, versions, lens, pos = map(np.array, zip(*got[i]))
+        tokens, logp, adv, lens, pos = map(np.array, zip(*got[i]))
         np.testing.assert_array_equal(tokens, r.tokens)
         np.testing.assert_array_equal(logp, r.logp_infer)
         assert np.all(adv == np.float32(r.advantage)) and np.all(lens == len(r))
-        np.testing.assert_array_equal(versions, -1 if r.versions is None else r.versions)
         np.testing.assert_array_equal(pos, len(r.prompt) + np.arange(len(r)))
 
 

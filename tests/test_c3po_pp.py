@@ -4,15 +4,14 @@ import itertools
 import json
 import time
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import random_model
+from numerics import assert_greedy
 
 import ringjax
 from ringjax.data import PromptRecord
 from ringjax.data.tokenize import ByteTokenizer
-from ringjax.generate import greedy
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig
 from rollout.jax_engine import JaxEngine
 from rollout.rewards import RewardPool
@@ -76,7 +75,9 @@ def test_budget_carry_over_and_mixed_versions(model):
 
 
 def test_split_greedy_responses_equal_uninterrupted_ones(model):
-    """Temperature 0, one policy: a response generated over several iterations is the one-shot greedy response."""
+    """Temperature 0, one policy: a response generated over several iterations is the one-shot greedy response,
+    checked teacher-forced (tests/numerics.py): every token the argmax of the full forward over the prompt and the
+    response so far, up to a float32 near-tie, with its log-prob; it ends at the first stop id or at the limit."""
     cfg = C3POPPConfig(phi=30, omega=6, sigma=10, samples=1)
     source = list(itertools.islice(_source(model.config.vocab_size, seed=3), 60))
     s = _sched(model, cfg, temperature=0.0, source=iter(source))
@@ -84,14 +85,13 @@ def test_split_greedy_responses_equal_uninterrupted_ones(model):
     finished = [f for _ in range(5) for f in s.run_iteration(engine)]
     assert s.stats["resubmitted"] > 0
     prompts = {r.id: ids for r, ids in source}
-    for f in finished:
-        ids = prompts[f.group.record.id]
-        want = greedy(model, jnp.asarray([ids]), jnp.asarray([len(ids)]), MAX_TOKENS,
-                      eos_id=None).tokens[0]
-        got = f.group.members[0].tokens
-        np.testing.assert_array_equal(got, np.asarray(want)[:len(got)])
-        stops = set(_stop_ids(model.config.vocab_size))
-        assert len(got) == MAX_TOKENS or got[-1] in stops
+    stops = set(_stop_ids(model.config.vocab_size))
+    members = [f.group.members[0] for f in finished]
+    for m in members:
+        assert len(m.tokens) == MAX_TOKENS or m.tokens[-1] in stops
+        assert not stops & set(m.tokens[:-1])
+    assert_greedy(model, [prompts[f.group.record.id] for f in finished], [m.tokens for m in members],
+                  [m.logprobs for m in members])
 
 
 def test_sigma_drops_rollouts_that_span_too_many_iterations(model):

@@ -1,4 +1,4 @@
-"""RL objective (SPEC section 2): hand-computed examples, numpy references and hypothesis properties."""
+"""RL objective (docs/architecture.md): hand-computed examples, numpy references and hypothesis properties."""
 
 import dataclasses
 import math
@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 
 from ringjax.losses import (ADVANTAGES, AGGREGATIONS, CORRECTIONS, LossConfig, compute_advantages, grpo_advantages,
                             grpo_advantages_flat, icepop_weight, policy_loss, token_advantages)
+from ringjax.losses.aggregation import batch_weights, sequence_ids
 from ringjax.losses.config import Advantage, Aggregation, Correction
+from ringjax.trainer import Response, assemble_step, pack_micro_batches
+from ringjax.trainer.batch import stack_micro_batches
 
 TOL = 1e-5  # fp32
 MODES = ["none", "tis", "icepop", "icepop_seq"]
@@ -75,10 +78,10 @@ def _example():
 @pytest.mark.parametrize("mode", MODES)
 def test_hand_example_loss_metrics_and_gradient(mode):
     logp, old, infer, adv, mask, ent = _example()
-    cfg = LossConfig(correction=mode, aggregation="c3po", phi=10.0)
+    cfg = LossConfig(correction=mode, aggregation="c3po")
 
     def f(lp):
-        return policy_loss(lp, old, infer, adv, mask, cfg, entropy=ent)
+        return policy_loss(lp, old, infer, adv, mask, cfg, phi=10.0, entropy=ent)
 
     (loss, m), grad = jax.value_and_grad(f, has_aux=True)(logp)
     assert float(loss) == pytest.approx(C3PO_LOSS[mode], abs=TOL)
@@ -134,7 +137,7 @@ def test_missing_optional_inputs_raise():
     for kwargs, field in (({"kl_coef": 1e-3}, "kl_coef"), ({"entropy_coef": 1e-3}, "entropy_coef"),
                           ({"load_balance_coef": 1e-5}, "load_balance_coef"), ({"z_loss_coef": 1e-7}, "z_loss_coef")):
         with pytest.raises(ValueError, match=field):
-            policy_loss(logp, old, infer, adv, mask, LossConfig(**kwargs))
+            policy_loss(logp, old, infer, adv, mask, LossConfig(**kwargs), phi=10.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,11 +169,11 @@ _logps = st.lists(st.floats(-8.0, 0.0, width=32), min_size=B * S, max_size=B * S
 def test_zero_advantage_gives_zero_policy_gradient(logp, old, infer, mask, mode, aggregation, entropy_coef):
     arrays = [jnp.asarray(x, jnp.float32).reshape(B, S) for x in (logp, old, infer)]
     mask = jnp.asarray(mask).reshape(B, S)
-    cfg = LossConfig(correction=mode, aggregation=aggregation, phi=7.0, entropy_coef=entropy_coef)
+    cfg = LossConfig(correction=mode, aggregation=aggregation, entropy_coef=entropy_coef)
     entropy = jnp.ones((B, S))
 
     def f(lp):
-        return policy_loss(lp, arrays[1], arrays[2], jnp.zeros((B, S)), mask, cfg, entropy=entropy)[0]
+        return policy_loss(lp, arrays[1], arrays[2], jnp.zeros((B, S)), mask, cfg, phi=7.0, entropy=entropy)[0]
 
     grad = np.asarray(jax.grad(f)(arrays[0]))
     assert np.all(grad == 0.0)
@@ -207,14 +210,14 @@ def _layout(seqs, rows_of, width):
 
 def _loss(layout, cfg, packed):
     logp, old, infer, adv, mask, seg = layout
-    return float(policy_loss(logp, old, infer, adv, mask, cfg, segment_ids=seg if packed else None)[0])
+    return float(policy_loss(logp, old, infer, adv, mask, cfg, phi=50.0, segment_ids=seg if packed else None)[0])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_packed_equals_unpacked(mode):
     rng = np.random.default_rng(0)
     seqs = _random_sequences(rng, 6, 7)
-    cfg = LossConfig(correction=mode, alpha=0.7, beta=1.5, phi=50.0)
+    cfg = LossConfig(correction=mode, alpha=0.7, beta=1.5)
     one_per_row = _layout(seqs, list(range(6)), 9)
     packed = _layout(seqs, [0, 0, 1, 1, 1, 2], 22)  # 2, 3 and 1 sequences per row
     first, second = _layout(seqs[:2], [0, 1], 7), _layout(seqs[2:], [0, 1, 2, 3], 12)
@@ -266,7 +269,7 @@ def test_c3po_divides_by_phi_not_token_count(n_valid):
     mask = jnp.arange(16).reshape(2, 8) < n_valid
     zeros, ones = jnp.zeros((2, 8)), jnp.ones((2, 8))
     for phi in (4.0, 409_600.0):
-        loss, _ = policy_loss(zeros, zeros, zeros, ones, mask, LossConfig(aggregation="c3po", phi=phi))
+        loss, _ = policy_loss(zeros, zeros, zeros, ones, mask, LossConfig(aggregation="c3po"), phi=phi)
         assert float(loss) == pytest.approx(-n_valid / phi, rel=1e-6)
 
 
@@ -275,7 +278,7 @@ def test_c3po_divides_by_phi_not_token_count(n_valid):
     ({"kl_coef": -1e-3}, "kl_coef"), ({"entropy_coef": -1.0}, "entropy_coef"),
     ({"load_balance_coef": -1.0}, "load_balance_coef"), ({"z_loss_coef": -1.0}, "z_loss_coef"),
     ({"correction": "clip"}, "correction"), ({"aggregation": "mean"}, "aggregation"),
-    ({"advantage": "rloo"}, "advantage"), ({"phi": 0}, "phi"), ({"phi": -5.0}, "phi"),
+    ({"advantage": "rloo"}, "advantage"),
     ({"eps_low": 1.0}, "eps_low"), ({"eps_high": -0.1}, "eps_high"), ({"tis_cap": 0.0}, "tis_cap"),
     ({"adv_eps": float("nan")}, "adv_eps"),
 ])
@@ -284,5 +287,34 @@ def test_bad_config_raises_naming_the_field(kwargs, field):
         LossConfig(**kwargs)
 
 
-def test_phi_is_only_checked_for_c3po():
-    LossConfig(aggregation="seq_mean", phi=0)
+def test_phi_is_the_steps_and_only_c3po_needs_it():
+    """phi comes with the step (`RLConfig.phi`, `StepBatch.phi`), not from the loss config."""
+    logp, old, infer, adv, mask, _ = _example()
+    for phi in (None, 0, -5.0, NAN):
+        with pytest.raises(ValueError, match="phi"):
+            policy_loss(logp, old, infer, adv, mask, LossConfig(aggregation="c3po"), phi=phi)
+    for aggregation in ("seq_mean", "token_mean"):
+        assert np.isfinite(float(policy_loss(logp, old, infer, adv, mask, LossConfig(aggregation=aggregation))[0]))
+
+
+@pytest.mark.parametrize("aggregation", ["c3po", "seq_mean", "token_mean"])
+@pytest.mark.parametrize("rows, packed", [(2, True), (3, False)])
+def test_trainer_step_weights_are_the_loss_weights(aggregation, rows, packed):
+    """The trainer's host-side weights over a step's micro-batches are the loss's own rule applied to the whole step
+    as one batch, and the loss with them equals the loss that computes them itself."""
+    rng = np.random.default_rng(3)
+    responses = [Response(prompt_id=i, prompt=rng.integers(1, 50, 3), tokens=rng.integers(1, 50, n),
+                          logp_infer=rng.normal(-2, 0.5, n), reward=0.0, advantage=float(rng.normal()))
+                 for i, n in enumerate(rng.integers(2, 9, 12))]
+    step, _ = assemble_step(responses, 30)
+    batch = stack_micro_batches(pack_micro_batches(step, rows, 16, packed=packed), aggregation, step.phi)
+    flat = {k: jnp.asarray(v.reshape(-1, *v.shape[2:])) for k, v in batch.items()}  # the step's rows as one batch
+    mask, seg = flat["loss_mask"], flat["segment_ids"][:, 1:]
+    want = batch_weights(mask, sequence_ids(mask, seg), aggregation, step.phi)
+    np.testing.assert_allclose(np.asarray(flat["token_weights"]), np.asarray(want), rtol=1e-6, atol=0)
+    cfg = LossConfig(aggregation=aggregation)
+    logp = flat["logp_infer"] + 0.1
+    args = (logp, flat["logp_infer"], flat["logp_infer"], flat["advantages"], mask, cfg)
+    given = policy_loss(*args, segment_ids=seg, token_weights=flat["token_weights"])[0]
+    own = policy_loss(*args, phi=step.phi, segment_ids=seg)[0]
+    assert float(given) == pytest.approx(float(own), rel=1e-6)

@@ -1,4 +1,4 @@
-"""Routing and grouped experts: against numpy references written from SPEC 1.1 / 1.2, and against the dense
+"""Routing and grouped experts: against numpy references written from docs/model.md, and against the dense
 all-experts product."""
 
 import jax
@@ -159,7 +159,7 @@ def test_gather_gradients_vs_dense(t):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# routing: numpy references straight from SPEC 1.1 / 1.2
+# routing: numpy references straight from docs/model.md (Ling 1.0 / 2.0 routing)
 
 def _ref_v1(logits, k, norm):
     z = logits - logits.max(-1, keepdims=True)

@@ -8,6 +8,7 @@ spares a restarted one most of that); the JAX pool is built once per module.
 
 import collections
 import dataclasses
+import gc
 import sys
 import time
 
@@ -133,12 +134,16 @@ def local(cfg, weights):
 
 
 @pytest.fixture(scope="module")
-def pool(cluster, cfg, weights, tmp_path_factory):
+def cached_env(tmp_path_factory):
+    """A compilation cache shared by the workers: a restarted worker loads what its previous process compiled."""
+    return {"env_vars": {**WORKER_ENV["env_vars"], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}}
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, cfg, weights, cached_env):
     factory = JaxEngineFactory(cfg, weights[0], slots=SLOTS, max_context=CONTEXT, decode_chunk=CHUNK)
-    # A compilation cache shared by the workers: a restarted worker loads what its previous process compiled.
-    env = {"env_vars": {**WORKER_ENV["env_vars"], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}}
-    p = RayEnginePool(SlowFactory(factory, 0.05), 2, queue_size=2, max_restarts=3, runtime_env=env)
+    p = RayEnginePool(SlowFactory(factory, 0.05), 2, queue_size=2, max_restarts=3, runtime_env=cached_env)
     yield p
     p.close()
 
@@ -283,6 +288,42 @@ def test_abort_returns_partials_and_nothing_later(pool, local, weights):
     while time.monotonic() < deadline:
         assert pool.step() == []
     assert pool.stats["duplicates"] == duplicates and pool.num_pending() == 0
+
+
+def test_a_worker_restarted_by_ray_needs_nothing_its_caller_dropped(cluster, cfg, weights, local, cached_env):
+    """Ray hands a restarted actor its constructor arguments again. By the time it restarts this worker, the caller
+    has dropped all its own references (the factory, the weights it put into the object store for the factory and
+    for the last update): the worker comes back from what the pool keeps, with the current weights, and serves."""
+    factory = JaxEngineFactory(cfg, ray.put(weights[1]), slots=SLOTS, max_context=CONTEXT, decode_chunk=CHUNK)
+    p = RayEnginePool(factory, 1, max_restarts=1, runtime_env=cached_env)
+    try:
+        p.update_weights(ray.put(weights[0]), 3)
+        del factory
+        gc.collect()
+        ray.kill(p.workers[0], no_restart=False)
+        wait_for(lambda: (p.step(), attempt(p, 0))[1] == 1, timeout=120, what="Ray to restart the worker")
+        assert p.stats["restarts"] == 1 and p.stats["replaced"] == 0  # restarted by Ray, not replaced by the pool
+        requests = make_requests("r", 6, 12, seed=8)
+        got = run_to_completion(p, requests)
+        want = reference(local, requests, weights[0], 3)
+        for i in want:
+            assert_same(got[i], want[i])  # the weights of the last update, not the factory's
+    finally:
+        p.close()
+    assert not constructor_arg_warnings(), "Ray warned that an actor's constructor arguments live in the object store"
+
+
+def constructor_arg_warnings() -> list[str]:
+    """Lines of this driver's Ray log (every actor it created this session) saying that an actor with
+    `max_restarts` has constructor arguments in the object store (ray-project/ray#53727)."""
+    import glob
+    import os
+
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    paths = glob.glob(os.path.join(logs, f"python-core-driver-*_{os.getpid()}.log"))
+    assert paths, f"no driver log of pid {os.getpid()} in {logs}"
+    return [line for path in paths for line in open(path, errors="replace")
+            if "has constructor arguments in the object store" in line]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""`rollout.sglang_engine.SGLangEngine` against a real SGLang 0.5.23 server on the CPU (float32, tiny Ling 2.0).
+"""`rollout.sglang.engine.SGLangEngine` against a real SGLang 0.5.23 server on the CPU (float32, tiny Ling 2.0).
 
 Reference: ringjax itself. Greedy tokens must be identical to `ringjax.generate.greedy` and every returned log-prob
 must equal ringjax's `token_logprobs(..., temperature=T)` of the same tokens within TOL (temperature-scaled, no
 top-p truncation). tiny-v2's routed_scaling_factor of 2.5 needs the CPU MoE fix, which the engine's launcher
-applies (rollout/_sglang_server.py). One server serves most tests (module fixture, ~20 s to start); a second one,
+applies (rollout/sglang/_server_main.py). One server serves most tests (module fixture, ~20 s to start); a second one,
 whose distributed weight sync cannot start (NCCL on a CPU), checks the disk fallback and is then killed
 mid-generation.
 """
@@ -28,7 +28,7 @@ from sglang_support.runner import engine_env, sglang_available
 if not sglang_available():
     pytest.skip("SGLang is not installed: run scripts/install_sglang_cpu.sh", allow_module_level=True)
 
-from rollout.sglang_engine import SGLangConfig, SGLangEngine, SGLangServerError  # noqa: E402 (needs aiohttp)
+from rollout.sglang.engine import SGLangConfig, SGLangEngine, SGLangServerError  # noqa: E402 (needs aiohttp)
 from rollout.weights import flat_key, model_from_flat  # noqa: E402
 
 pytestmark = pytest.mark.sglang

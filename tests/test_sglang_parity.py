@@ -51,9 +51,9 @@ def _ringjax_logprobs(model, sequences):
     return [logp[i, :len(s) - 1] for i, s in enumerate(sequences)]
 
 
-def _export(cfg, path, seed):
+def _export(cfg, path, seed, mtp="drop"):
     model = random_model(cfg, seed=seed)
-    ringjax.save_pretrained(model, str(path), max_shard_size="200KB")
+    ringjax.save_pretrained(model, str(path), max_shard_size="200KB", mtp=mtp)
     return model
 
 
@@ -79,9 +79,11 @@ def test_ling_v1_matches_sglang(tmp_path):
 
 
 def test_ling_v2_unit_scaling_matches_unmodified_sglang(tmp_path):
-    """Ling 2.0 with routed_scaling_factor 1.0: SGLang's CPU path needs no fix at all."""
+    """Ling 2.0 with routed_scaling_factor 1.0: SGLang's CPU path needs no fix at all. Exported with mtp="keep":
+    SGLang's main model skips the MTP layer's tensors."""
     cfg = ringjax.preset("tiny-v2", routed_scaling_factor=1.0)
-    model = _export(cfg, tmp_path / "v2", seed=2)
+    model = _export(cfg, tmp_path / "v2", seed=2, mtp="keep")
+    assert json.load(open(tmp_path / "v2" / "config.json"))["num_nextn_predict_layers"] == 1
     seqs = _sequences(cfg.vocab_size, seed=12)
     want = _ringjax_logprobs(model, seqs)
     got = sglang_token_logprobs(str(tmp_path / "v2"), seqs, fix_cpu_routed_scaling=False)
@@ -90,11 +92,12 @@ def test_ling_v2_unit_scaling_matches_unmodified_sglang(tmp_path):
 
 def test_ling_v2_matches_sglang(tmp_path):
     """Ling 2.0 as the preset has it: sigmoid + expert bias, group-limited top-k, x2.5, QK-norm, partial RoPE with
-    YaRN, a first dense layer, one MTP layer in the checkpoint (SGLang's main model skips it)."""
+    YaRN, a first dense layer, one MTP layer in the model, which the default export leaves out."""
     cfg = ringjax.preset("tiny-v2")
     assert cfg.routed_scaling_factor == 2.5 and cfg.n_group > cfg.topk_group and cfg.use_expert_bias
     assert cfg.rope_scaling is not None and cfg.num_nextn_predict_layers == 1 and cfg.partial_rotary_factor < 1
     model = _export(cfg, tmp_path / "v2", seed=3)
+    assert json.load(open(tmp_path / "v2" / "config.json"))["num_nextn_predict_layers"] == 0
     seqs = _sequences(cfg.vocab_size, seed=13)
     want = _ringjax_logprobs(model, seqs)
     got = sglang_token_logprobs(str(tmp_path / "v2"), seqs, fix_cpu_routed_scaling=True)

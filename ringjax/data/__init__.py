@@ -1,7 +1,7 @@
 """RL prompt data: validated JSONL / Parquet rows, difficulty filter, per-domain mixing, resumable batches."""
 
-from ringjax.data.pipeline import FilterStats, build_prompt_batches, epochs, filter_by_pass_rate, iterator_state
-from ringjax.data.pipeline import mix_domains, prompt_batches, restore_iterator, split_by_domain
+from ringjax.data.batches import FilterStats, build_prompt_batches, epochs, filter_by_pass_rate, iterator_state
+from ringjax.data.batches import mix_domains, prompt_batches, restore_iterator, split_by_domain
 from ringjax.data.records import BadRow, LoadStats, PromptRecord, parse_row, prompt_id
 from ringjax.data.sources import RecordSource, read_records
 

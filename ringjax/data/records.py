@@ -3,7 +3,7 @@
 A row is a mapping with `prompt` (non-empty str, required), a reference `answer` (str) and/or code `tests`
 (list, dict or str), `domain` (str; the loader's default when absent) and an optional `id` (str or int).
 A null field counts as absent (Parquet fills missing values with nulls). A row with neither `answer` nor
-`tests` is skipped: the recipes' rewards (SPEC section 3) all need a reference to verify against.
+`tests` is skipped: the recipes' rewards (docs/architecture.md, recipes) all need a reference to verify against.
 
 Rows without an `id` get one derived from the prompt text, so the same prompt has the same id whatever
 file or format it came from (pass-rate tables are keyed by it).

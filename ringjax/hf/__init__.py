@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint I/O for the Ling / Ring families (SPEC 1.3 tensor names)."""
+"""Hugging Face checkpoint I/O for the Ling / Ring families (tensor names: layout.py)."""
 
 from ringjax.hf.config_map import from_hf_config, to_hf_config
 from ringjax.hf.load import CheckpointReader, from_pretrained, read_config

@@ -4,7 +4,7 @@ Import is strict: a key that changes the architecture and that ringjax does not 
 (an unsupported `architectures`, `use_bias: true`, a non-SiLU activation, an unknown key), so a
 checkpoint is never silently run with the wrong math. Keys that do not affect the forward pass
 (token ids, dropout, dtype, versions) are carried through `LingConfig.hf_extra` and written back on
-export. Export writes what SGLang 0.5.23 and vLLM need to build the same model (SPEC 1.3):
+export. Export writes what SGLang 0.5.23 and vLLM need to build the same model:
 explicit `use_bias: false`, `moe_router_enable_expert_bias`, both shared-expert width keys,
 `use_rmsnorm: true` on v2, and `auto_map` pointing at the configuration modules in remote_code/.
 """
@@ -28,9 +28,9 @@ SAME = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "n_group", "topk_group", "routed_scaling_factor", "use_qk_norm", "use_qkv_bias", "rope_theta",
         "partial_rotary_factor", "max_position_embeddings", "rms_norm_eps", "norm_head", "tie_word_embeddings",
         "num_nextn_predict_layers")
-# Keys ringjax reads specially or checks (see from_hf_config).
-SPECIAL = ("architectures", "model_type", "auto_map", "moe_router_enable_expert_bias", "rope_scaling", "rotary_dim",
-           "use_bias", "hidden_act", "use_rmsnorm")
+# Keys ringjax converts or checks rather than copying one to one (see from_hf_config).
+MAPPED_OR_CHECKED = ("architectures", "model_type", "auto_map", "moe_router_enable_expert_bias", "rope_scaling",
+                     "rotary_dim", "use_bias", "hidden_act", "use_rmsnorm")
 # Keys that do not change the forward pass; carried through unchanged.
 PASSTHROUGH = ("torch_dtype", "dtype", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
                "initializer_range", "attention_dropout", "embedding_dropout", "output_dropout", "use_cache",
@@ -77,7 +77,7 @@ def from_hf_config(hf: dict[str, Any], strict: bool = True, **compute) -> LingCo
         raise ValueError("config.json use_bias=true (biases on dense/MLP projections) is not supported")
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
-    unknown = sorted(set(hf) - set(SAME) - set(SPECIAL) - set(PASSTHROUGH))
+    unknown = sorted(set(hf) - set(SAME) - set(MAPPED_OR_CHECKED) - set(PASSTHROUGH))
     if unknown and strict:
         raise ValueError(f"config.json has key(s) ringjax does not know: {unknown}. If they do not change the "
                          f"architecture, load with strict=False")

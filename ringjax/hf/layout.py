@@ -1,9 +1,16 @@
-"""Where each ringjax parameter lives in a Hugging Face checkpoint (SPEC 1.3), and how to convert it.
+"""Where each ringjax parameter lives in a Hugging Face checkpoint, and how to convert it.
 
 ringjax keeps weights as [in, out] and q/k/v separate with a head axis; HF keeps [out, in] and one
 fused `query_key_value` (rows Q heads | K heads | V heads). Every rule reads any rectangular slice of
 the ringjax array straight from the safetensors file (`get_slice`), so a sharded load reads only the
 bytes each device needs; expert weights are read expert by expert.
+
+MTP layer i (Ling 2.0 `num_nextn_predict_layers`) is stored as the extra decoder layer
+`model.layers.{num_hidden_layers + i}.`: its own `enorm`, `hnorm`, `eh_proj` and `final_layernorm` plus
+the usual attention / MoE tensors of one MoE layer. That is how Ling 2.0's checkpoint converter writes
+MTP "as an extra layer", and what SGLang's `bailing_moe_nextn` and vLLM's `bailing_moe_mtp` draft models
+read. Serving the main model, vLLM's Bailing loader refuses those tensors (SGLang skips them), so an
+export leaves them out unless asked (`export_config`, `MTP_MODES`).
 """
 
 from __future__ import annotations
@@ -86,6 +93,17 @@ def placements(cfg: LingConfig) -> dict[tuple[str, ...], Placement]:
         for name in layer_spec(cfg, True):
             out[("mtp", "layers", name)] = Placement(LAYER_RULES[name], mtp)
     return out
+
+
+MTP_MODES = ("drop", "keep")
+
+
+def export_config(cfg: LingConfig, mtp: str = "drop") -> LingConfig:
+    """The config an export describes: `mtp="drop"` (default) writes no MTP layer (`num_nextn_predict_layers: 0`,
+    as released Ling 2.0 checkpoints ship and as SGLang and vLLM serve by default), `"keep"` writes them all."""
+    if mtp not in MTP_MODES:
+        raise ValueError(f"mtp={mtp!r}; expected one of {MTP_MODES}")
+    return cfg if mtp == "keep" else cfg.replace(num_nextn_predict_layers=0)
 
 
 def _span(s: slice, size: int) -> tuple[int, int]:

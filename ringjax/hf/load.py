@@ -98,7 +98,13 @@ def checkpoint_dtype(reader: CheckpointReader) -> str:
 def from_pretrained(path: str, mesh: Mesh | None = None, *, param_dtype: str | None = None, strict: bool = True,
                     **compute) -> Ling:
     """Loads a Ling/Ring HF folder. `param_dtype` defaults to the checkpoint's dtype; `compute` sets
-    ComputeConfig fields (dtype, remat, attention, moe, logprob_chunk)."""
+    ComputeConfig fields (dtype, remat, attention, moe, logprob_chunk).
+
+    The model has exactly the MTP layers the folder holds: `num_nextn_predict_layers: N` with the tensors of
+    layers `model.layers.{num_hidden_layers}..+N-1` (a `save_pretrained(..., mtp="keep")` export) loads them
+    into `model.mtp`; `num_nextn_predict_layers: 0` (the default export, released Ling 2.0 checkpoints) gives
+    a model without MTP. A model exported with the default `mtp="drop"` therefore comes back without MTP:
+    nothing stands in for weights the folder does not have."""
     reader = CheckpointReader(path)
     compute = dict(compute, param_dtype=param_dtype or checkpoint_dtype(reader))
     cfg = read_config(path, strict=strict, **compute)

@@ -6,6 +6,11 @@ temporary sibling folder and renamed into place at the end, so a failed export l
 and never touches an existing folder. Tensors are fetched one layer (one expert) at a time, so host
 memory stays at one output shard; in a multi-process run every process takes part in the gathers
 and process 0 writes.
+
+By default the MTP layers (Ling 2.0 `num_nextn_predict_layers`) are left out and config.json says
+`num_nextn_predict_layers: 0`, like the released Ling 2.0 checkpoints: that folder is what both SGLang and
+vLLM serve as it is (vLLM's Bailing loader refuses MTP tensors). `mtp="keep"` writes them under the names
+of layout.py, for MTP speculative decoding.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from jax.experimental import multihost_utils
 from safetensors.numpy import save_file
 
 from ringjax.hf.config_map import CONFIG_MODULE, to_hf_config
-from ringjax.hf.layout import placements, write
+from ringjax.hf.layout import export_config, placements, write
 from ringjax.hf.load import INDEX
 from ringjax.model.model import Ling
 
@@ -37,15 +42,17 @@ def _fetch(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def hf_tensors(model: Ling) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, C-contiguous array) for every tensor, in checkpoint order; fused q/k/v joined."""
-    for name, value in _hf_views(model):
+def hf_tensors(model: Ling, mtp: str = "drop") -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, C-contiguous array) for every tensor of `save_pretrained(model, mtp=mtp)`, in checkpoint order;
+    fused q/k/v joined."""
+    for name, value in _hf_views(model, mtp):
         yield name, np.ascontiguousarray(value)
 
 
-def _hf_views(model: Ling) -> Iterator[tuple[str, np.ndarray]]:
-    cfg = model.config
-    flat = dict(nnx.to_flat_state(nnx.state(model)))
+def _hf_views(model: Ling, mtp: str) -> Iterator[tuple[str, np.ndarray]]:
+    cfg = export_config(model.config, mtp)
+    flat = {path: v for path, v in nnx.to_flat_state(nnx.state(model))
+            if path[0] != "mtp" or cfg.num_nextn_predict_layers}
     places = placements(cfg)
     if set(places) != set(flat):
         raise ValueError(f"model state and layout disagree: {sorted(set(places) ^ set(flat))[:5]}")
@@ -81,10 +88,12 @@ def _parse_size(size: int | str) -> int:
 
 
 def save_pretrained(model: Ling, path: str, *, max_shard_size: int | str = "2GB", dtype: str | None = None,
-                    extra_files: dict[str, str] | None = None, overwrite: bool = False) -> str:
+                    mtp: str = "drop", extra_files: dict[str, str] | None = None, overwrite: bool = False) -> str:
     """Exports `model` to `path`. `dtype` casts floating weights (default: as stored; the router
-    expert_bias always stays float32). `extra_files` maps names in the folder to files to copy in."""
-    cfg = model.config
+    expert_bias always stays float32). `mtp`: "drop" (default) leaves the MTP layers out and writes
+    `num_nextn_predict_layers: 0`; "keep" writes them (see the module docstring). `extra_files` maps names
+    in the folder to files to copy in."""
+    cfg = export_config(model.config, mtp)
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; expected one of {sorted(_DTYPES)}")
     path = os.path.abspath(path)
@@ -106,7 +115,7 @@ def save_pretrained(model: Ling, path: str, *, max_shard_size: int | str = "2GB"
             shard.clear()
 
         size = total = 0
-        for name, value in hf_tensors(model):
+        for name, value in hf_tensors(model, mtp):
             if dtype is not None and not name.endswith("expert_bias"):
                 value = value.astype(_DTYPES[dtype])
             if shard and size + value.nbytes > limit:

@@ -1,4 +1,4 @@
-"""Configuration of the RL objective (SPEC section 2): one frozen dataclass, every value checked on construction.
+"""Configuration of the RL objective (docs/architecture.md): one frozen dataclass, every value checked on construction.
 
 Each string field names an entry of a small registry (name -> pure function): `advantage` in
 `advantages.ADVANTAGES`, `correction` in `correction.CORRECTIONS`, `aggregation` in `aggregation.AGGREGATIONS`.
@@ -24,27 +24,26 @@ class LossConfig:
       `icepop` (k inside [alpha, beta], else 0), `icepop_seq` (the same band on each sequence's geometric-mean k).
     alpha / beta: IcePop band (Ring-1T: 0.5 / 5.0). tis_cap: TIS truncation; 2.0 as in verl's default
       `rollout_is_threshold` and Yao et al. 2025 ("Your efficient RL framework secretly brings you off-policy RL").
-    aggregation: `c3po` = token sum / phi (constant budget); `seq_mean` = GRPO per-sequence mean, then mean over
-      sequences; `token_mean` = token sum / number of valid tokens.
-    phi: C3PO token budget per optimisation step (Ring-lite: 409,600); only used by `c3po`.
+    aggregation: `c3po` = token sum / phi (constant budget; phi is the step's, `RLConfig.phi`, passed to the loss
+      by whoever owns the step); `seq_mean` = GRPO per-sequence mean, then mean over sequences; `token_mean` =
+      token sum / number of valid tokens.
     kl_coef: k3 KL to the reference policy (Ring-lite 1e-3, Ring-1T 0). entropy_coef: entropy bonus (Ring-lite 5e-4).
     load_balance_coef / z_loss_coef: router auxiliary terms (Ling 1.0: 1e-5 / 1e-7), applied to values passed in.
     """
 
-    advantage: Advantage = "grpo"
-    adv_eps: float = 1e-6
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    correction: Correction = "icepop"
-    alpha: float = 0.5
-    beta: float = 5.0
-    tis_cap: float = 2.0
-    aggregation: Aggregation = "c3po"
-    phi: float = 409_600
-    kl_coef: float = 0.0
-    entropy_coef: float = 0.0
-    load_balance_coef: float = 0.0
-    z_loss_coef: float = 0.0
+    advantage: Advantage = "grpo"  # grpo: (R - mean) / (std + adv_eps) per group; grpo_no_std: R - mean
+    adv_eps: float = 1e-6  # added to the group's reward std before dividing
+    eps_low: float = 0.2  # PPO clip: the ratio is clipped below at 1 - eps_low (Ring-lite 0.2)
+    eps_high: float = 0.2  # PPO clip: the ratio is clipped above at 1 + eps_high (Ring-lite 0.2)
+    correction: Correction = "icepop"  # train-inference weight on k = pi_old / pi_infer: icepop, tis, icepop_seq, none
+    alpha: float = 0.5  # IcePop band low end: tokens with k < alpha are masked (Ring-1T 0.5)
+    beta: float = 5.0  # IcePop band high end: tokens with k > beta are masked (Ring-1T 5.0)
+    tis_cap: float = 2.0  # tis: the weight is min(k, tis_cap)
+    aggregation: Aggregation = "c3po"  # c3po (sum / phi), seq_mean (mean of response means), token_mean (sum / tokens)
+    kl_coef: float = 0.0  # weight of the k3 KL to the starting policy (Ring-lite 1e-3, Ring-1T 0)
+    entropy_coef: float = 0.0  # weight of the entropy bonus (Ring-lite 5e-4)
+    load_balance_coef: float = 0.0  # weight of the router load-balance loss (Ling 1.0: 1e-5)
+    z_loss_coef: float = 0.0  # weight of the router z-loss (Ling 1.0: 1e-7)
 
     def __post_init__(self):
         for name, choices in (("advantage", Advantage), ("correction", Correction), ("aggregation", Aggregation)):
@@ -62,5 +61,3 @@ class LossConfig:
             raise ValueError(f"loss.alpha={self.alpha} must be <= loss.beta={self.beta}")
         if not self.tis_cap > 0:
             raise ValueError(f"loss.tis_cap={self.tis_cap} must be > 0")
-        if self.aggregation == "c3po" and not self.phi > 0:
-            raise ValueError(f"loss.phi={self.phi} must be > 0 for aggregation 'c3po'")

@@ -1,4 +1,4 @@
-"""Train-inference mismatch corrections: a stop-gradient weight per token on the PPO term (SPEC section 2).
+"""Train-inference mismatch corrections: a stop-gradient weight per token on the PPO term (docs/architecture.md).
 
 k = exp(logp_old - logp_infer) = pi_old / pi_infer for the token the rollout engine sampled.
 - `none`: 1.

@@ -2,7 +2,8 @@
 
 loss = -agg(w * min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)) + kl_coef * agg(k3(ref, logp))
        - entropy_coef * agg(entropy) + load_balance_coef * aux["load_balance"] + z_loss_coef * aux["z_loss"]
-with r = exp(logp - sg(logp_old)) and w the stop-gradient correction weight (`correction.CORRECTIONS`).
+with r = exp(logp - sg(logp_old)), w the stop-gradient correction weight (`correction.CORRECTIONS`) and
+agg(x) = sum over valid tokens of the aggregation's token weight * x (`aggregation.AGGREGATIONS`).
 The KL and entropy terms cover every valid token (the correction weight only gates the policy-gradient term).
 Inputs on padding are replaced by 0 before any arithmetic, so NaN / inf garbage there changes neither the loss
 nor the gradient, which is exactly 0 at padding.
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ringjax.losses.aggregation import AGGREGATIONS, masked_mean, sequence_ids
+from ringjax.losses.aggregation import batch_weights, masked_mean, sequence_ids
 from ringjax.losses.config import LossConfig
 from ringjax.losses.correction import CORRECTIONS, in_band, train_inference_ratio
 from ringjax.typing import Array, Bool, Float, Int
@@ -38,20 +39,21 @@ def k3(log_ratio: Float[Array, "..."]) -> Float[Array, "..."]:
 
 def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_infer: Float[Array, "B S"],
                 advantages: Float[Array, "B S"], mask: Bool[Array, "B S"] | Float[Array, "B S"], cfg: LossConfig, *,
-                logp_ref: Float[Array, "B S"] | None = None, entropy: Float[Array, "B S"] | None = None,
-                aux: Mapping[str, Float[Array, ""]] | None = None, segment_ids: Int[Array, "B S"] | None = None,
-                token_weights: Float[Array, "B S"] | None = None
+                phi: float | None = None, logp_ref: Float[Array, "B S"] | None = None,
+                entropy: Float[Array, "B S"] | None = None, aux: Mapping[str, Float[Array, ""]] | None = None,
+                segment_ids: Int[Array, "B S"] | None = None, token_weights: Float[Array, "B S"] | None = None
                 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
     """Scalar loss to minimise and float32 scalar metrics.
 
     logp: log-probs under the weights being optimised (the only input gradients flow through, with `entropy`).
     logp_old / logp_infer: trainer pre-update / rollout-engine log-probs of the same tokens (stop-gradient).
     advantages: per token, e.g. `token_advantages(grpo_advantages(...)[...], mask)`.
+    phi: the step's C3PO token budget, needed by `cfg.aggregation == "c3po"` without `token_weights`.
     aux: router statistics {"load_balance", "z_loss"}, needed when their coefficient is > 0.
     segment_ids: sequence id within each row for packed rows (see `aggregation`); None = one sequence per row.
-    token_weights: when given, every token term is aggregated as sum(weight * term) instead of by
-      `cfg.aggregation`: the trainer precomputes the weights of the WHOLE step (`aggregation_weights`) so that
-      micro-batch losses add up exactly to the step's loss whatever the aggregation.
+    token_weights: the aggregation's per-token weights; None: `cfg.aggregation`'s weights with this batch as the
+      whole step (`batch_weights`). The trainer passes those of the WHOLE step (`ringjax.trainer.batch.step_weights`)
+      so that micro-batch losses add up exactly to the step's loss whatever the aggregation.
     """
     valid = mask.astype(bool)
 
@@ -61,17 +63,17 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
     logp, adv = clean(logp), clean(advantages)
     logp_old, logp_infer = jax.lax.stop_gradient(clean(logp_old)), jax.lax.stop_gradient(clean(logp_infer))
     seq = sequence_ids(valid, segment_ids)
-    aggregate = AGGREGATIONS[cfg.aggregation]
-    if token_weights is not None:
-        weights = clean(token_weights)
+    if token_weights is None:
+        token_weights = batch_weights(valid, seq, cfg.aggregation, phi)
+    weights = clean(token_weights)
 
-        def aggregate(x, valid, seq, cfg):
-            return jnp.sum(jnp.where(valid, x * weights, 0.0))
+    def aggregate(x):
+        return jnp.sum(jnp.where(valid, x * weights, 0.0))
 
     k = train_inference_ratio(logp_old, logp_infer)  # [B S]
     weight = CORRECTIONS[cfg.correction](k, valid, seq, cfg)  # [B S]
     term, ratio, is_clipped = ppo_clipped_term(logp, logp_old, adv, cfg.eps_low, cfg.eps_high)
-    pg_loss = -aggregate(weight * term, valid, seq, cfg)
+    pg_loss = -aggregate(weight * term)
     loss = pg_loss
 
     out_of_band = valid & ~in_band(k, cfg.alpha, cfg.beta)
@@ -90,7 +92,7 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
     }
 
     if logp_ref is not None:
-        kl_ref = aggregate(k3(jax.lax.stop_gradient(clean(logp_ref)) - logp), valid, seq, cfg)  # KL(pi || pi_ref)
+        kl_ref = aggregate(k3(jax.lax.stop_gradient(clean(logp_ref)) - logp))  # KL(pi || pi_ref)
         loss = loss + cfg.kl_coef * kl_ref
         metrics["kl_ref"] = kl_ref
     elif cfg.kl_coef > 0:
@@ -98,7 +100,7 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
 
     if entropy is not None:
         entropy = clean(entropy)
-        loss = loss - cfg.entropy_coef * aggregate(entropy, valid, seq, cfg)
+        loss = loss - cfg.entropy_coef * aggregate(entropy)
         metrics["entropy_mean"] = masked_mean(entropy, valid)
         metrics["entropy_masked_mean"] = masked_mean(entropy, out_of_band)  # tokens IcePop masks; 0 if none
     elif cfg.entropy_coef > 0:

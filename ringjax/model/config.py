@@ -1,6 +1,6 @@
 """Typed configuration of the Ling (Bailing) MoE family.
 
-One frozen dataclass covers both released architectures (SPEC section 1):
+One frozen dataclass covers both released architectures (docs/model.md):
 - Ling 1.0 `BailingMoeForCausalLM`: softmax top-k routing, shared experts, `norm_head`.
 - Ling 2.0 `BailingMoeV2ForCausalLM`: sigmoid group-limited routing with a frozen `expert_bias`,
   `routed_scaling_factor`, QK-norm, partial RoPE (+ YaRN), first-k dense layers, optional MTP layers.
@@ -28,13 +28,13 @@ MoeImpl = Literal["auto", "ragged_dot", "gather", "dense"]
 class RopeScaling:
     """YaRN context extension (Ling 2.0 ships `{"type": "yarn", "factor": 4.0, ...}`)."""
 
-    factor: float
-    original_max_position_embeddings: int
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
-    mscale: float = 1.0
-    mscale_all_dim: float = 0.0
-    type: Literal["yarn"] = "yarn"
+    factor: float  # context extension: low frequencies are divided by this (Ling 2.0: 4)
+    original_max_position_embeddings: int  # context length before the extension
+    beta_fast: float = 32.0  # dims rotating more than this many times over that context keep their frequency
+    beta_slow: float = 1.0  # dims rotating fewer times than this are fully interpolated; a linear ramp between
+    mscale: float = 1.0  # attention factor m(mscale) / m(mscale_all_dim), m(x) = 0.1 x ln(factor) + 1
+    mscale_all_dim: float = 0.0  # 0: the attention factor is m(1) and mscale is unused
+    type: Literal["yarn"] = "yarn"  # the only scaling supported
 
     def __post_init__(self):
         if self.type != "yarn":
@@ -47,24 +47,16 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ComputeConfig:
-    """How the model runs; never part of a checkpoint.
+    """How the model runs; never part of a checkpoint. Norms, router, softmax and log-probs always run in float32.
+    `moe: auto` is `ragged_dot` on GPU / TPU and `gather` on CPU, where XLA lowers ragged_dot to a dense
+    all-experts product; `dense` runs every expert on every token and exists only as a test reference."""
 
-    dtype: activation/matmul dtype; norms, router, softmax and log-probs always run in float32.
-    param_dtype: storage dtype of the weights.
-    remat: rematerialisation policy of one scanned decoder layer.
-    attention: `xla` (jax.nn.dot_product_attention), `cudnn` (fused GPU kernel), `reference` (einsum).
-    moe: grouped expert matmul; `auto` = `ragged_dot` on GPU/TPU, `gather` (tiled weight gather) on CPU,
-      where XLA lowers ragged_dot to a dense all-experts product. `dense` runs every expert on every
-      token and exists only as a test reference.
-    logprob_chunk: tokens per chunk when computing token log-probs (bounds the fp32 logits buffer).
-    """
-
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: RematPolicy = "none"
-    attention: AttentionImpl = "xla"
-    moe: MoeImpl = "auto"
-    logprob_chunk: int = 1024
+    dtype: str = "float32"  # activation / matmul dtype: float32, bfloat16 or float16
+    param_dtype: str = "float32"  # storage dtype of the weights
+    remat: RematPolicy = "none"  # what one scanned decoder layer recomputes in the backward pass instead of storing
+    attention: AttentionImpl = "xla"  # xla (jax.nn.dot_product_attention), cudnn (fused GPU kernel), reference
+    moe: MoeImpl = "auto"  # grouped expert matmul: auto, ragged_dot, gather (tiled weight gather), dense
+    logprob_chunk: int = 1024  # tokens per chunk of the log-prob pass (bounds the float32 logits buffer)
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):
@@ -81,43 +73,41 @@ class ComputeConfig:
 class LingConfig:
     """Architecture of a Ling / Ring checkpoint; field names follow the HF `config.json`."""
 
-    architecture: str = V2
-    vocab_size: int = 157184
-    hidden_size: int = 2048
-    num_hidden_layers: int = 20
-    num_attention_heads: int = 16
-    num_key_value_heads: int = 4
-    head_dim: int = 128
-    intermediate_size: int = 5120
-    moe_intermediate_size: int = 512
-    moe_shared_expert_intermediate_size: int | None = None
-    num_experts: int = 256
-    num_experts_per_tok: int = 8
-    num_shared_experts: int = 1
-    first_k_dense_replace: int = 1
+    architecture: str = V2  # HF class: BailingMoeForCausalLM (Ling 1.0) or BailingMoeV2ForCausalLM (Ling 2.0)
+    vocab_size: int = 157184  # rows of the embedding and of the LM head
+    hidden_size: int = 2048  # model width
+    num_hidden_layers: int = 20  # decoder layers of the main stack (MTP layers not counted)
+    num_attention_heads: int = 16  # query heads
+    num_key_value_heads: int = 4  # key / value heads (grouped-query attention; divides the query heads)
+    head_dim: int = 128  # width of one attention head
+    intermediate_size: int = 5120  # SwiGLU width of the dense MLP of the first first_k_dense_replace layers
+    moe_intermediate_size: int = 512  # SwiGLU width of one routed expert
+    moe_shared_expert_intermediate_size: int | None = None  # width of one shared expert; None: moe_intermediate_size
+    num_experts: int = 256  # routed experts per MoE layer
+    num_experts_per_tok: int = 8  # routed experts each token uses (top-k)
+    num_shared_experts: int = 1  # experts every token goes through, besides the routed ones
+    first_k_dense_replace: int = 1  # leading layers with a dense MLP instead of MoE
     # Routing. v1: softmax (+ norm_topk_prob). v2: sigmoid + expert_bias, group-limited.
-    score_function: Literal["softmax", "sigmoid"] = "sigmoid"
-    norm_topk_prob: bool = True
-    use_expert_bias: bool = True
-    n_group: int = 8
-    topk_group: int = 4
-    routed_scaling_factor: float = 2.5
+    score_function: Literal["softmax", "sigmoid"] = "sigmoid"  # router scores: softmax (Ling 1.0), sigmoid (2.0)
+    norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum 1
+    use_expert_bias: bool = True  # sigmoid routing: choose experts by score + a frozen per-expert bias
+    n_group: int = 8  # expert groups of group-limited routing (1: no groups)
+    topk_group: int = 4  # groups a token may take experts from (ranked by their two best scores)
+    routed_scaling_factor: float = 2.5  # multiplies the routed experts' weights after renormalisation
     # Attention.
-    use_qk_norm: bool = True
-    use_qkv_bias: bool = False
-    rope_theta: float = 600000.0
-    partial_rotary_factor: float = 0.5
-    rope_scaling: RopeScaling | None = None
-    max_position_embeddings: int = 32768
+    use_qk_norm: bool = True  # per-head RMSNorm on queries and keys before RoPE (Ling 2.0)
+    use_qkv_bias: bool = False  # bias on the fused query_key_value projection
+    rope_theta: float = 600000.0  # RoPE base frequency
+    partial_rotary_factor: float = 0.5  # share of head_dim that RoPE rotates (Ling 2.0: 0.5)
+    rope_scaling: RopeScaling | None = None  # YaRN context extension; None: plain RoPE
+    max_position_embeddings: int = 32768  # longest context (prompt + response) the model and KV cache accept
     # Norms, head, extras.
-    rms_norm_eps: float = 1e-6
-    norm_head: bool = False
-    tie_word_embeddings: bool = False
-    num_nextn_predict_layers: int = 0
-    # config.json keys that do not change the forward pass (token ids, dtype, ...), as sorted
-    # (key, JSON value) pairs: carried from an imported checkpoint to its export.
-    hf_extra: tuple[tuple[str, str], ...] = ()
-    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+    rms_norm_eps: float = 1e-6  # epsilon of every RMSNorm
+    norm_head: bool = False  # L2-normalise the LM head over the vocabulary axis at use time (Ling 1.0)
+    tie_word_embeddings: bool = False  # the LM head is the embedding matrix
+    num_nextn_predict_layers: int = 0  # multi-token-prediction layers after the stack (not trained; exported if asked)
+    hf_extra: tuple[tuple[str, str], ...] = ()  # token ids and other config.json keys the math ignores, re-exported
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)  # how it runs (dtypes, remat, kernels)
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:

@@ -28,8 +28,7 @@ def create_model(cfg: LingConfig, mesh: Mesh | None = None, seed: int = 0) -> Li
         return Ling(cfg, rngs=nnx.Rngs(seed))
     graphdef, _, shardings = model_shardings(cfg, mesh)
 
-    @jax.jit
-    def init():
+    def init():  # jitted once below, with the output shardings: no device ever holds a full copy
         return jax.lax.with_sharding_constraint(nnx.state(Ling(cfg, rngs=nnx.Rngs(seed))), shardings)
 
     with jax.set_mesh(mesh):

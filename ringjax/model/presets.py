@@ -1,6 +1,6 @@
 """Architecture presets: the released Ling / Ring checkpoints and small sizes for tests and benchmarks.
 
-Released values follow the checkpoints' `config.json` (SPEC 1.1, 1.2). Ling-flash-2.0 and Ling-1T sizes
+Released values follow the checkpoints' `config.json` (docs/model.md). Ling-flash-2.0 and Ling-1T sizes
 not stated in the reports were chosen so the presets reproduce the published parameter counts
 (tests/test_presets.py); when starting from a checkpoint, `from_pretrained` reads its own config.json.
 Ring models share the architecture of the Ling model they were trained from.
@@ -66,7 +66,7 @@ def tiny_v2() -> LingConfig:
 
 
 def _bench(**sizes) -> LingConfig:
-    # BENCHMARKS.md sizes: all layers MoE, no shared expert, full RoPE, scaling 1.0, untied embeddings.
+    # docs/benchmarks.md sizes: all layers MoE, no shared expert, full RoPE, scaling 1.0, untied embeddings.
     return ling_mini_2().replace(first_k_dense_replace=0, num_shared_experts=0, partial_rotary_factor=1.0,
                                  routed_scaling_factor=1.0, n_group=1, topk_group=1, rope_scaling=None,
                                  num_nextn_predict_layers=0, num_experts=16, num_experts_per_tok=2,
@@ -75,12 +75,12 @@ def _bench(**sizes) -> LingConfig:
 
 
 def bench_tiny() -> LingConfig:
-    """~9.1M parameters (BENCHMARKS.md 'tiny')."""
+    """~9.1M parameters (docs/benchmarks.md 'tiny')."""
     return _bench(vocab_size=4096, hidden_size=256, num_hidden_layers=4, head_dim=32, moe_intermediate_size=128)
 
 
 def bench_100m() -> LingConfig:
-    """~97.6M parameters (BENCHMARKS.md '100m')."""
+    """~97.6M parameters (docs/benchmarks.md '100m')."""
     return _bench(vocab_size=16384, hidden_size=512, num_hidden_layers=8, head_dim=64, moe_intermediate_size=384)
 
 

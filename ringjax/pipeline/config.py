@@ -54,10 +54,11 @@ class ModelSection:
     `ringjax import` output); with a preset too, the loaded architecture must equal it (`ringjax plan` needs only
     the preset). `overrides.compute` (dtypes, remat) applies to all three."""
 
-    preset: str | None = None
-    hf_path: str | None = None
-    checkpoint: str | None = None
+    preset: str | None = None  # architecture preset (ringjax info preset:NAME); alone: random initial weights
+    hf_path: str | None = None  # HF folder to load the weights (and architecture) from
+    checkpoint: str | None = None  # Orbax model checkpoint to load instead (e.g. from ringjax import)
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """LingConfig fields changed on the preset; its `compute` part (dtypes, remat, ...) applies to loaded weights too"""
 
     def __post_init__(self):
         if self.hf_path and self.checkpoint:
@@ -76,13 +77,13 @@ class MeshSection:
     (TPU pods auto-detect; elsewhere RINGJAX_COORDINATOR / RINGJAX_NUM_PROCESSES / RINGJAX_PROCESS_ID).
     `device_memory_gb`: per-device capacity for `ringjax plan` (None: read from the local device when it has one)."""
 
-    data: int = 1
-    fsdp: int = -1
-    expert: int = 1
-    tensor: int = 1
-    cpu_devices: int = 0
-    distributed: bool = False
-    device_memory_gb: float | None = None
+    data: int = 1  # data-parallel devices (each holds whole parameters); -1: all remaining devices
+    fsdp: int = -1  # devices sharding the batch and the parameters (ZeRO-3 style); -1: all remaining devices
+    expert: int = 1  # expert-parallel devices (each computes its share of the experts); -1: all remaining
+    tensor: int = 1  # tensor-parallel devices (heads, MLP width, vocabulary split); -1: all remaining
+    cpu_devices: int = 0  # simulate this many devices when JAX runs on the CPU; 0: the real device count
+    distributed: bool = False  # call jax.distributed.initialize() first (multi-host runs)
+    device_memory_gb: float | None = None  # per-device memory for ringjax plan; None: read from the local device
 
     def __post_init__(self):
         for name in ("data", "fsdp", "expert", "tensor"):
@@ -100,9 +101,9 @@ class TokenizerSection:
     """`bpe`: byte-level BPE trained at start-up on the run's own texts (the demo); `hf`: a tokenizer.json folder
     (defaults to model.hf_path). Either way the run keeps a copy in `out/tokenizer` and exports it with the model."""
 
-    kind: Literal["bpe", "hf"] = "bpe"
-    vocab_size: int = 512
-    path: str | None = None
+    kind: Literal["bpe", "hf"] = "bpe"  # bpe: train a byte-level BPE on the run's texts; hf: load tokenizer.json
+    vocab_size: int = 512  # vocabulary of the trained BPE tokenizer (kind bpe)
+    path: str | None = None  # folder holding tokenizer.json (kind hf); None: model.hf_path
 
     def __post_init__(self):
         if self.kind not in ("bpe", "hf"):
@@ -115,11 +116,11 @@ class SyntheticSection:
     """Locally generated verifiable tasks (`ringjax.pipeline.tasks`): RL prompts per domain, teacher traces per
     domain for SFT (a programmatic teacher that slips on `teacher_error_rate` of its traces), held-out prompts."""
 
-    math: int = 0
-    code: int = 0
-    sft_per_domain: int = 0
-    eval_per_domain: int = 64
-    teacher_error_rate: float = 0.3
+    math: int = 0  # arithmetic RL prompts answered in \boxed{} (0: no math domain)
+    code: int = 0  # "write f(x)" RL prompts checked by hidden tests (0: no code domain)
+    sft_per_domain: int = 0  # teacher traces per domain for SFT, drawn from the RL prompts
+    eval_per_domain: int = 64  # held-out prompts per domain, never trained on
+    teacher_error_rate: float = 0.3  # share of teacher traces with one deliberate slip (a wrong answer)
     math_max_operand: int = 9  # operands of the arithmetic prompts lie in 0..math_max_operand
 
     def __post_init__(self):
@@ -135,12 +136,12 @@ class DataSection:
     """`synthetic` tasks, or files: RL `prompts` (JSONL / Parquet rows, `ringjax.data.read_records`), held-out
     `eval_prompts` (default: `eval_size` rows split off the prompts), SFT `sft` JSONL rows {prompt, response}."""
 
-    source: Literal["synthetic", "files"] = "files"
-    synthetic: SyntheticSection = SyntheticSection()
-    prompts: tuple[str, ...] = ()
-    eval_prompts: tuple[str, ...] = ()
-    eval_size: int = 256
-    sft: tuple[str, ...] = ()
+    source: Literal["synthetic", "files"] = "files"  # synthetic: generated tasks; files: the paths below
+    synthetic: SyntheticSection = SyntheticSection()  # the generated tasks (source synthetic)
+    prompts: tuple[str, ...] = ()  # RL prompt files, JSONL / Parquet rows {prompt, answer or tests, domain}
+    eval_prompts: tuple[str, ...] = ()  # held-out prompt files; empty: eval_size rows split off the prompts
+    eval_size: int = 256  # prompts held out when eval_prompts is empty (at most half of them)
+    sft: tuple[str, ...] = ()  # SFT files, JSONL rows {prompt, response}
 
     def __post_init__(self):
         if self.source not in ("synthetic", "files"):
@@ -158,10 +159,10 @@ class SFTSection:
     """SFT, then RL starts from the latest checkpoint whose held-out token entropy lies in `entropy_band`
     (Ring-lite: 0.3-0.5); `band_miss: closest` takes the checkpoint nearest the band instead of failing."""
 
-    enabled: bool = True
-    entropy_band: tuple[float, float] = (0.3, 0.5)
-    band_miss: Literal["error", "closest"] = "error"
-    train: SFTConfig = SFTConfig(steps=100, checkpoint_every=10)
+    enabled: bool = True  # run SFT and the entropy-band pick; false: RL starts from the model's weights
+    entropy_band: tuple[float, float] = (0.3, 0.5)  # [lo, hi] held-out token entropy of the checkpoint RL starts from
+    band_miss: Literal["error", "closest"] = "error"  # no checkpoint in the band: fail, or take the closest
+    train: SFTConfig = SFTConfig(steps=100, checkpoint_every=10)  # the SFT run
 
     def __post_init__(self):
         object.__setattr__(self, "entropy_band", tuple(float(b) for b in self.entropy_band))
@@ -179,10 +180,10 @@ class StageSection:
     """One RL stage: `rl` with these `domains` (weights; prompts of other domains are not drawn), `steps` and
     further `rl` keys as a nested mapping, merged over the shared section (e.g. {"loss": {"alpha": 0.4}})."""
 
-    name: str
-    domains: dict[str, float]
-    steps: int
-    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str  # identifier; names the stage's folder in out/ and its metrics
+    domains: dict[str, float]  # prompt domains of this stage and their mixing weights, e.g. {math: 1}
+    steps: int  # RL optimisation steps of this stage
+    rl: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys of the rl section to change for this stage
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -196,11 +197,11 @@ class EvalSection:
     """Held-out accuracy (mean reward over `samples` sampled responses per prompt, as Ring's avg@k) after SFT and
     after every RL stage; `temperature` / `max_new_tokens` None: those of the RL stage."""
 
-    enabled: bool = True
-    samples: int = 4
-    temperature: float | None = None
-    max_new_tokens: int | None = None
-    slots: int = 64
+    enabled: bool = True  # evaluate after SFT (or at the start) and after every RL stage
+    samples: int = 4  # sampled responses per held-out prompt (avg@k)
+    temperature: float | None = None  # sampling temperature; None: rl.temperature
+    max_new_tokens: int | None = None  # response cap; None: rl.max_new_tokens
+    slots: int = 64  # KV-cache rows of the evaluation engine (responses decoded together)
 
     def __post_init__(self):
         if self.samples < 1 or self.slots < 1:
@@ -209,24 +210,31 @@ class EvalSection:
 
 @dataclasses.dataclass(frozen=True)
 class ExportSection:
-    enabled: bool = True
+    enabled: bool = True  # export the final model with its tokenizer to out/hf
     dtype: str | None = None  # cast on export (bfloat16, float16); None: the training dtype
-    max_shard_size: str = "2GB"
+    max_shard_size: str = "2GB"  # largest safetensors file of the export
+    mtp: Literal["drop", "keep"] = "drop"  # MTP layers: drop (what SGLang and vLLM serve) or keep (MTP drafting)
+
+    def __post_init__(self):
+        if self.mtp not in ("drop", "keep"):
+            raise ValueError(f"export.mtp={self.mtp!r} is not 'drop' or 'keep'")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"export.dtype={self.dtype!r} is not float32, bfloat16 or float16")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    out: str = "runs/demo"
-    seed: int = 0
-    model: ModelSection = ModelSection(preset="tiny-v2")
-    mesh: MeshSection = MeshSection()
-    tokenizer: TokenizerSection = TokenizerSection()
-    data: DataSection = DataSection(source="synthetic")
-    sft: SFTSection = SFTSection()
-    rl: RLConfig = RLConfig()
-    stages: tuple[StageSection, ...] = ()
-    eval: EvalSection = EvalSection()
-    export: ExportSection = ExportSection()
+    out: str = "runs/demo"  # run folder: checkpoints, logs, state.json, the export; a rerun resumes it
+    seed: int = 0  # data generation and held-out split, initial weights of a preset, evaluation sampling
+    model: ModelSection = ModelSection(preset="tiny-v2")  # architecture and starting weights
+    mesh: MeshSection = MeshSection()  # device mesh
+    tokenizer: TokenizerSection = TokenizerSection()  # trained BPE or a checkpoint's tokenizer
+    data: DataSection = DataSection(source="synthetic")  # RL prompts, held-out prompts, SFT pairs
+    sft: SFTSection = SFTSection()  # SFT and the entropy-band checkpoint pick
+    rl: RLConfig = RLConfig()  # RL settings shared by every stage
+    stages: tuple[StageSection, ...] = ()  # RL stages, run in order, each from the previous one's final model
+    eval: EvalSection = EvalSection()  # held-out accuracy
+    export: ExportSection = ExportSection()  # the final Hugging Face folder
 
     def __post_init__(self):
         _resolve_paths(self, "out")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 
 import jax
@@ -41,7 +42,7 @@ class Context:
     @property
     def params(self) -> int:
         from ringjax.model.params import count_params
-        from ringjax.pipeline.plan import model_config
+        from ringjax.plan import model_config
 
         return count_params(model_config(self.cfg)).total
 
@@ -58,9 +59,12 @@ class Context:
         return self.cfg.model.overrides.get("compute", {})
 
 
-def setup(cfg: PipelineConfig, log) -> Context:
+def setup(cfg: PipelineConfig, log, rl: bool = True) -> Context:
+    """The run's mesh, data and tokenizer; with `rl`, Ray first when an RL stage still to run needs it."""
     from ringjax.sharding import initialize_distributed, make_mesh
 
+    if rl:
+        _start_ray(cfg)  # before JAX starts threads: Ray forks this process to start its own
     if cfg.mesh.distributed:
         initialize_distributed()
     mesh = make_mesh(**cfg.mesh.axes())
@@ -69,6 +73,28 @@ def setup(cfg: PipelineConfig, log) -> Context:
     log(f"ringjax: {len(data.prompts)} RL prompts, {len(data.eval)} held out, {len(data.sft)} SFT pairs; "
         f"tokenizer vocab {tokenizer.vocab_size}; {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     return Context(cfg, log, mesh, data, tokenizer)
+
+
+def _start_ray(cfg: PipelineConfig) -> None:
+    """Starts (or joins) Ray now if an RL stage still to run generates in Ray workers. Ray starts its processes
+    with a `preexec_fn`, a fork of this process, unsafe once JAX runs threads (and JAX warns); started here, the
+    stages' worker pools find it up and share it, and it stops when the process exits.
+
+    A cluster of our own gets token authentication, asked for as Ray documents it (`RAY_AUTH_MODE=token`, read when
+    Ray is imported; Ray then generates the token) unless the user chose a mode; a joined cluster keeps its own."""
+    from ringjax.pipeline.run_dir import read_state
+
+    done = read_state(cfg.out)["done"]
+    rollouts = [cfg.stage_rl(s).rollout for s in cfg.stages if s.name not in done]
+    addresses = {r.ray_address for r in rollouts if r.workers}
+    if len(addresses) != 1:  # none, or stages that join different clusters: each pool starts its own, as before
+        return
+    address = addresses.pop()
+    if address is None and not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # what Ray picks by default, chosen: no notice about it
+    from rollout.ray_pool import start_ray
+
+    start_ray(address)
 
 
 def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
@@ -88,7 +114,7 @@ def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
 def _initial_model(cfg: PipelineConfig, tok: Tokenizer, mesh) -> Ling:
     from ringjax.hf import from_pretrained
     from ringjax.model import create_model
-    from ringjax.pipeline.plan import model_config
+    from ringjax.plan import model_config
 
     m = cfg.model
     compute = m.overrides.get("compute", {})
@@ -109,7 +135,9 @@ def _initial_model(cfg: PipelineConfig, tok: Tokenizer, mesh) -> Ling:
 
 def _check_architecture(want, got, source: str) -> None:
     a, b = want.to_dict(), got.to_dict()
-    differ = sorted(k for k in a if k not in ("compute", "hf_extra") and a[k] != b.get(k))
+    # MTP layers are optional: released checkpoints and ringjax's default exports ship without them
+    ignore = ("compute", "hf_extra", "num_nextn_predict_layers")
+    differ = sorted(k for k in a if k not in ignore and a[k] != b.get(k))
     if differ:
         raise ValueError(f"{source} is not the configured model.preset: it differs in {differ} "
                          f"({', '.join(f'{k}={b.get(k)!r} vs {a[k]!r}' for k in differ[:3])})")
@@ -206,7 +234,7 @@ def export(ctx: Context, model: Ling) -> str:
 
     e = ctx.cfg.export
     path = save_pretrained(model, os.path.join(ctx.cfg.out, "hf"), dtype=e.dtype, max_shard_size=e.max_shard_size,
-                           overwrite=True)
+                           mtp=e.mtp, overwrite=True)
     ctx.tokenizer.save(path)
     ctx.log(f"ringjax: exported the final model with its tokenizer to {path}")
     return path

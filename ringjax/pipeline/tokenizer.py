@@ -17,7 +17,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, EOS = "<pad>", "<eos>"
-SPECIALS = (PAD, EOS)
+RESERVED_TOKENS = (PAD, EOS)
 MODEL_MAX_LENGTH = 4096
 
 
@@ -64,14 +64,14 @@ class Tokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a byte-level BPE of at most `vocab_size` tokens (specials included) on `texts`; deterministic."""
-    minimum = 256 + len(SPECIALS)
+    minimum = 256 + len(RESERVED_TOKENS)
     if vocab_size < minimum:
         raise ValueError(f"vocab_size {vocab_size} is below the {minimum} a byte-level BPE with specials needs")
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(RESERVED_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(hf)

@@ -100,7 +100,6 @@ class MicroBatch(NamedTuple):
     loss_mask: Bool[np.ndarray, "B S-1"]
     logp_infer: Float[np.ndarray, "B S-1"]  # 0 where not masked
     advantages: Float[np.ndarray, "B S-1"]  # 0 where not masked
-    versions: Int[np.ndarray, "B S-1"]  # -1 where not masked or unknown
     seq_index: Int[np.ndarray, "B S-1"]  # index into StepBatch.responses; -1 where not masked
     response_len: Int[np.ndarray, "B S-1"]  # the step's token count of that response (per-sequence GRPO); 0 off mask
 
@@ -193,7 +192,7 @@ def _empty(rows: int, seq_len: int, pad_id: int) -> MicroBatch:
     s, m = (rows, seq_len), (rows, seq_len - 1)
     return MicroBatch(np.full(s, pad_id, np.int32), np.zeros(s, np.int32), np.zeros(s, np.int32),
                       np.zeros(m, bool), np.zeros(m, np.float32), np.zeros(m, np.float32),
-                      np.full(m, -1, np.int32), np.full(m, -1, np.int32), np.zeros(m, np.int32))
+                      np.full(m, -1, np.int32), np.zeros(m, np.int32))
 
 
 def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Response) -> int:
@@ -207,7 +206,6 @@ def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Resp
     mb.loss_mask[row, scored] = True
     mb.logp_infer[row, scored] = r.logp_infer
     mb.advantages[row, scored] = r.advantage
-    mb.versions[row, scored] = -1 if r.versions is None else r.versions
     mb.seq_index[row, scored] = index
     mb.response_len[row, scored] = n
     return end

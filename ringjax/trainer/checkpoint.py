@@ -139,9 +139,12 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint {'' if step is None else step} in {self.directory}; available steps: {self.all_steps()}"
             )
-        item_meta = self._manager.item_metadata(step)
-        names = [n for n in item_meta.keys() if n != STATE]
+        # The JSON items first, named by the step folder: Orbax then knows a handler for every item, and its
+        # `item_metadata` (for the state's tree) does not warn about items it could not read.
+        step_dir = os.path.join(self.directory, str(step))
+        names = sorted(n for n in os.listdir(step_dir) if n != STATE and os.path.isdir(os.path.join(step_dir, n)))
         js = self._manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names}))
+        item_meta = self._manager.item_metadata(step)
         saved_meta = js[META] if META in names else {}
         differ = sorted(k for k in self.meta if k not in saved_meta or saved_meta[k] != self.meta[k])
         if differ:

@@ -18,22 +18,18 @@ Schedule = Literal["constant", "cosine", "linear"]
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW knobs (Ring-1T: lr 2e-6, betas 0.9 / 0.999, wd 0.01; Ring-lite SFT: lr 3e-4 cosine, wd 0.1).
+    """AdamW knobs (Ring-1T: lr 2e-6, betas 0.9 / 0.999, wd 0.01; Ring-lite SFT: lr 3e-4 cosine, wd 0.1)."""
 
-    schedule: after `warmup_steps` of linear warm-up from 0, `constant`, or `cosine` / `linear` decay to
-    `lr * min_lr_ratio` at `total_steps`. grad_clip: global-norm clip (0 = off).
-    """
-
-    lr: float = 2e-6
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    schedule: Schedule = "constant"
-    total_steps: int | None = None
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
+    lr: float = 2e-6  # peak learning rate, reached at the end of the warm-up
+    b1: float = 0.9  # AdamW decay of the first-moment (mean) estimate
+    b2: float = 0.999  # AdamW decay of the second-moment (variance) estimate
+    eps: float = 1e-8  # AdamW epsilon added to the root of the second moment
+    weight_decay: float = 0.01  # decoupled (AdamW) weight decay; norm weights get none
+    warmup_steps: int = 0  # steps of linear warm-up from 0 to lr
+    schedule: Schedule = "constant"  # after the warm-up: constant, or cosine / linear decay to lr * min_lr_ratio
+    total_steps: int | None = None  # step at which cosine / linear decay ends (required by them); None: constant
+    min_lr_ratio: float = 0.0  # final learning rate of the cosine / linear decay, as a fraction of lr
+    grad_clip: float = 1.0  # clip the gradient to this global L2 norm before the update; 0: no clipping
 
     def __post_init__(self):
         if not self.lr > 0:

@@ -40,7 +40,7 @@ from ringjax.trainer.c3po import assemble_step, pack_micro_batches, response_tok
 from ringjax.trainer.checkpoint import Checkpointer
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
-from ringjax.trainer.rollout import PromptStream, decode_pool, encode_pool, to_responses
+from ringjax.trainer.rollout_io import PromptStream, decode_pool, encode_pool, to_responses
 from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
                                    merge_model, restore_train_state, split_model)
 from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
@@ -58,26 +58,26 @@ REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8")
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    steps: int = 10
+    steps: int = 10  # optimisation steps to run (a pipeline stage sets its own)
     phi: int = 256  # response tokens per optimisation step (Ring-lite: 409,600)
-    prompts_per_batch: int = 4
+    prompts_per_batch: int = 4  # prompts per batch of the prompt stream; with samples_per_prompt the default omega
     samples_per_prompt: int = 4  # GRPO group size
-    max_prompt_len: int = 32
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    eos_id: int | None = None
+    max_prompt_len: int = 32  # longest prompt in tokens (engine context = this + max_new_tokens); longer ones fail
+    max_new_tokens: int = 16  # longest response in tokens; phi must be at least this
+    temperature: float = 1.0  # sampling temperature; engine and trainer log-probs are taken at it
+    top_p: float = 1.0  # nucleus sampling in the engine (the reported log-probs are not truncated)
+    eos_id: int | None = None  # token that ends a response; None: none (the pipeline sets the tokenizer's)
     stop_ids: tuple[int, ...] = ()  # further ids that end a response (chat end-of-turn tokens), besides eos_id
     rows: int = 8  # micro-batch rows
     seq_len: int = 64  # micro-batch row length
-    leftover: Literal["keep", "drop"] = "keep"
-    domain_weights: dict[str, float] | None = None  # e.g. stage 1 {"math": 1}, stage 2 {"code": 1, "science": 1}
-    seed: int = 0
-    checkpoint_every: int = 0  # 0: no checkpoints
-    keep_checkpoints: int = 3
-    loss: LossConfig = LossConfig(phi=256)
-    optim: OptimConfig = OptimConfig()
-    rollout: RolloutConfig = RolloutConfig()
+    leftover: Literal["keep", "drop"] = "keep"  # cut tail and untaken responses: kept for the next step, or dropped
+    domain_weights: dict[str, float] | None = None  # prompt mix by domain, e.g. {"code": 1, "science": 1}; None: all
+    seed: int = 0  # prompt order, sampling and the train state's RNG
+    checkpoint_every: int = 0  # save a checkpoint every N steps (and after the last); 0: no checkpoints
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    loss: LossConfig = LossConfig()  # the RL objective: advantages, IcePop, aggregation, regularisers
+    optim: OptimConfig = OptimConfig()  # AdamW of the policy
+    rollout: RolloutConfig = RolloutConfig()  # engine, scheduler (C3PO++ or sync) and reward workers
 
     @property
     def omega(self) -> int:
@@ -99,8 +99,6 @@ class RLConfig:
         if self.seq_len < self.max_prompt_len + self.max_new_tokens:
             raise ValueError(f"rl.seq_len={self.seq_len} < max_prompt_len + max_new_tokens "
                              f"({self.max_prompt_len} + {self.max_new_tokens}): a sequence would not fit a row")
-        if self.loss.aggregation == "c3po" and self.loss.phi != self.phi:
-            raise ValueError(f"rl.loss.phi={self.loss.phi} differs from rl.phi={self.phi}")
         if self.leftover not in ("keep", "drop"):
             raise ValueError(f"rl.leftover={self.leftover!r} is not 'keep' or 'drop'")
         if self.checkpoint_every < 0:
@@ -123,7 +121,7 @@ def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
     slots = r.slots or -(-cfg.omega // max(1, r.workers))  # each worker holds its share of the pool
     if r.engine == "sglang":
         from ringjax.hf import save_pretrained
-        from rollout.sglang_engine import SGLangConfig, SGLangEngine
+        from rollout.sglang.engine import SGLangConfig, SGLangEngine
         path = os.path.join(run_dir or tempfile.mkdtemp(prefix="ringjax_rollout_"), "rollout_init_hf")
         save_pretrained(model, path, overwrite=True)  # the servers start from the starting weights
         sg = SGLangConfig(model_path=path, **r.sglang)
@@ -206,7 +204,8 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             t_rollout = time.perf_counter() - t0
             taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
             pool = leftover if cfg.leftover == "keep" else []
-            batch = stack_micro_batches(pack_micro_batches(taken, cfg.rows, cfg.seq_len), cfg.loss)
+            mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
+            batch = stack_micro_batches(mbs, cfg.loss.aggregation, taken.phi)  # taken.phi == cfg.phi
             with use_mesh(mesh):
                 batch = device_batch(batch, mesh)
                 if score is not None:

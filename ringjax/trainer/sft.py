@@ -1,7 +1,8 @@
 """Supervised fine-tuning (Ring-lite's long-CoT SFT) and the entropy-based choice of the checkpoint RL starts from.
 
-Ring-lite (arXiv 2506.14731; SPEC section 3): SFT with AdamW (wd 0.1, lr 3e-4 cosine, 1% warm-up, 3 epochs), then
-RL starts from the SFT checkpoint whose token entropy lies in 0.3-0.5, chosen by entropy, not by validation score.
+Ring-lite (arXiv 2506.14731; docs/architecture.md, recipes): SFT with AdamW (wd 0.1, lr 3e-4 cosine, 1% warm-up,
+3 epochs), then RL starts from the SFT checkpoint whose token entropy lies in 0.3-0.5, chosen by entropy, not by
+validation score (docs/architecture.md, entropy-band checkpoint pick).
 
 Per step: take `batch_size` examples from a seeded stream (each epoch a fresh permutation of the usable examples),
 pack prompt + response into fixed-shape micro-batches with the loss on response tokens only, and take ONE AdamW
@@ -38,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ringjax.losses import LossConfig
 from ringjax.model import Ling
 from ringjax.sharding import check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
@@ -51,7 +51,6 @@ from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_
 from ringjax.trainer.step import Batch, LossFn, device_batch, finalize_metrics, make_train_step, sequence_logprobs
 
 ENTROPY_BAND = (0.3, 0.5)  # Ring-lite: lower entropy collapses RL earlier, higher converges slowly
-_TOKEN_MEAN = LossConfig(aggregation="token_mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,25 +77,21 @@ def ring_lite_sft_optim(total_steps: int) -> OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    """Set exactly one of `steps` (optimisation steps) and `epochs` (passes over the usable examples).
+    """SFT run settings; set exactly one of `steps` and `epochs`. A given `optim` must have `total_steps` None
+    (constant schedule) or equal to the run's step count."""
 
-    `optim` None: `ring_lite_sft_optim(total steps)`; a given one must have `total_steps` None (constant schedule)
-    or equal to the run's step count. `eval_every` 0: evaluate at checkpoints only; `checkpoint_every` 0: none.
-    `eval_size`: how many training examples to evaluate on when no eval examples are given.
-    """
-
-    steps: int | None = None
-    epochs: int | None = None
+    steps: int | None = None  # optimisation steps of the run (or give epochs)
+    epochs: int | None = None  # passes over the usable examples (or give steps)
     batch_size: int = 8  # examples per optimisation step
     rows: int = 8  # micro-batch rows
     seq_len: int = 256  # micro-batch row length; longer examples are skipped
-    eval_every: int = 0
-    checkpoint_every: int = 0
+    eval_every: int = 0  # also measure held-out token entropy every N steps; 0: at checkpoints only
+    checkpoint_every: int = 0  # save a checkpoint every N steps (and after the last); 0: no checkpoints
     keep_checkpoints: int = 100  # keep the candidates pick_checkpoint chooses from
-    eval_size: int = 64
-    seed: int = 0
-    pad_id: int = 0
-    optim: OptimConfig | None = None
+    eval_size: int = 64  # training examples used as the held-out entropy probe when no eval examples are given
+    seed: int = 0  # example order (a fresh permutation each epoch) and the train state's RNG
+    pad_id: int = 0  # token id that fills the unused columns of packed rows
+    optim: OptimConfig | None = None  # AdamW settings; None: Ring-lite's (lr 3e-4 cosine to 0, 1% warm-up, wd 0.1)
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -222,7 +217,7 @@ def pack_examples(examples: Sequence[SFTExample], rows: int, seq_len: int, pad_i
     responses = tuple(Response(prompt_id=x.id, prompt=x.prompt, tokens=x.response,
                                logp_infer=np.zeros(len(x.response)), reward=0.0, advantage=0.0) for x in examples)
     step = StepBatch(responses, phi=sum(len(r) for r in responses), cut=0)
-    batch = stack_micro_batches(pack_micro_batches(step, rows, seq_len, pad_id=pad_id), _TOKEN_MEAN)
+    batch = stack_micro_batches(pack_micro_batches(step, rows, seq_len, pad_id=pad_id), "token_mean", step.phi)
     n = batch["tokens"].shape[0]
     extra = 0 if max_micro is None else max(0, min(1 << (n - 1).bit_length(), max_micro) - n)
     if extra == 0:

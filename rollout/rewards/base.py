@@ -1,6 +1,6 @@
 """The reward interface: a reward function maps (prompt record, response text) to a float score.
 
-Rewards here are binary (SPEC section 3): 1.0 when the response is verified correct against the record's
+Rewards here are binary (docs/architecture.md, recipes): 1.0 when the response is verified correct against the record's
 reference (`answer` for math and science, `tests` for code), else 0.0. Functions may raise on a malformed record;
 `RewardPool` turns any exception into a 0 score and counts it, so a single bad row never stops a run.
 """

@@ -1,8 +1,8 @@
-"""Dev check: does SGLang's CPU path compute the Bailing (Ling 1.0 / 2.0) math of SPEC 1?
+"""Dev check: does SGLang's CPU path compute the Bailing (Ling 1.0 / 2.0) math of docs/model.md?
 
-Writes tiny random checkpoints by hand (torch + safetensors, SPEC 1.3 tensor names, sharded with an index), scores
+Writes tiny random checkpoints by hand (torch + safetensors, docs/model.md tensor names, sharded with an index), scores
 token sequences with real SGLang through tests/sglang_support/runner.py, and compares with a plain float64 torch
-forward written here from SPEC 1.1/1.2. Usage: python scripts/dev/check_sglang_bailing.py [--keep DIR]
+forward written here from docs/model.md. Usage: python scripts/dev/check_sglang_bailing.py [--keep DIR]
 """
 
 import argparse

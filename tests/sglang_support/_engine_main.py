@@ -5,7 +5,7 @@ REQUEST: {"model_dir": str, "sequences": [[int, ...], ...], "engine_kwargs": {..
 RESULT:  {"logprobs": [[float, ...], ...], "sglang_version": str, "start_s": float, "run_s": float, "max_rss_mb": float}
 Needs SGLANG_USE_CPU_ENGINE=1 and the sgl_kernel stand-in on PYTHONPATH (runner.py sets both).
 
-CPU fix (SGLANG_CPU_ROUTED_SCALING_FIX=1, runner.py's default): `rollout.sglang_cpu_fix` (SGLang 0.5.23's CPU MoE
+CPU fix (SGLANG_CPU_ROUTED_SCALING_FIX=1, runner.py's default): `rollout.sglang.cpu_fix` (SGLang 0.5.23's CPU MoE
 path forgets `routed_scaling_factor`). It is applied at import time, i.e. also in the scheduler processes SGLang
 spawns (spawn re-imports this file as __mp_main__; everything else sits under the __main__ guard).
 """
@@ -18,7 +18,7 @@ import time
 
 
 if os.environ.get("SGLANG_CPU_ROUTED_SCALING_FIX", "0") == "1":
-    from rollout.sglang_cpu_fix import patch_routed_scaling_on_cpu
+    from rollout.sglang.cpu_fix import patch_routed_scaling_on_cpu
 
     patch_routed_scaling_on_cpu()
 

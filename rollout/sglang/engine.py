@@ -20,12 +20,12 @@ calls that came back, in completion order. What SGLang 0.5.23 does, read from it
 - Versions: the server's `weight_version` is the engine's version; every reply carries `meta_info.weight_versions`,
   spans of output tokens per version, from which `Output.versions` is filled.
 
-Weight updates (`update_weights`, `rollout.sglang_sync`) pause the server, load the weights over a
+Weight updates (`update_weights`, `rollout.sglang.sync`) pause the server, load the weights over a
 torch.distributed group ("distributed", default) or from disk ("disk"), and let it continue: requests in flight
 continue under the new policy, their later tokens tagged with the new version.
 
-The server process and its HTTP client are `rollout.sglang_server`; one `/generate` call and its parsing are
-`rollout.sglang_generate`; the config is `rollout.sglang_config`.
+The server process and its HTTP client are `rollout.sglang.server`; one `/generate` call and its parsing are
+`rollout.sglang.generate`; the config is `rollout.sglang.config`.
 
 A server that exits is noticed at the next call: requests in flight come back from `step` as `finish="error"`
 with the tail of the server's log, and `submit` / `update_weights` raise `SGLangServerError`.
@@ -53,11 +53,11 @@ from flax import nnx
 
 from ringjax.model import LingConfig
 from ringjax.model.model import Ling
-from rollout import sglang_weights as sw
-from rollout.sglang_config import SGLangConfig
-from rollout.sglang_generate import Inflight, Reply, generate, parse_reply
-from rollout.sglang_server import SGLangServer, SGLangServerError, check_model_folder
-from rollout.sglang_sync import WeightSync
+from rollout.sglang import weights as sw
+from rollout.sglang.config import SGLangConfig
+from rollout.sglang.generate import Inflight, Reply, generate, parse_reply
+from rollout.sglang.server import SGLangServer, SGLangServerError, check_model_folder
+from rollout.sglang.sync import WeightSync
 from rollout.types import Output, Request, check_request
 
 

@@ -1,10 +1,10 @@
-"""One SGLang HTTP server for `rollout.sglang_engine.SGLangEngine`: its process, and the HTTP client that drives it.
+"""One SGLang HTTP server for `rollout.sglang.engine.SGLangEngine`: its process, and the HTTP client that drives it.
 
-The server runs our launcher `rollout/_sglang_server.py` (SGLang's `sglang.launch_server` plus an opt-in CPU MoE
+The server runs our launcher `rollout/sglang/_server_main.py` (SGLang's `sglang.launch_server` plus an opt-in CPU MoE
 fix) in its own process group, on a free port unless one is given, with its output in a log file. The launcher is
 told this process's pid and kills its group once this process is gone; `kill` (and a `weakref.finalize`, which
 also runs at interpreter exit) kills the group from this side. SGLANG_RETURN_ORIGINAL_LOGPROB is removed from the
-server's environment: it would make SGLang return unscaled log-probs (see `rollout.sglang_engine`).
+server's environment: it would make SGLang return unscaled log-probs (see `rollout.sglang.engine`).
 
 A server that exits is noticed by `check` at the engine's next call: `dead` then says how it ended, and control
 calls that fail add the tail of its log to their `SGLangServerError`.
@@ -32,12 +32,12 @@ from typing import Any
 
 import aiohttp
 
-from rollout.sglang_config import SGLangConfig
-from rollout.sglang_weights import free_port
+from rollout.sglang.config import SGLangConfig
+from rollout.sglang.weights import free_port
 
 log = logging.getLogger(__name__)
 
-LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sglang_server.py")
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_server_main.py")
 
 
 class SGLangServerError(RuntimeError):
@@ -143,7 +143,7 @@ class SGLangServer:
         server_env = dict(os.environ if env is None else env)
         server_env.pop("SGLANG_RETURN_ORIGINAL_LOGPROB", None)  # would return unscaled log-probs (module docstring)
         server_env.pop("XLA_FLAGS", None)
-        server_env["RINGJAX_SGLANG_PARENT_PID"] = str(os.getpid())  # _sglang_server.py exits when this process does
+        server_env["RINGJAX_SGLANG_PARENT_PID"] = str(os.getpid())  # _server_main.py exits when this process does
         if c.fix_cpu_routed_scaling is not None:
             server_env["SGLANG_CPU_ROUTED_SCALING_FIX"] = "1" if c.fix_cpu_routed_scaling else "0"
         with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor

@@ -1,6 +1,7 @@
 """Per-row sampling for a batch of independent requests (each slot of the JAX engine has its own settings).
 
-Same semantics as `ringjax.generate.sample_logits`, vectorised over rows: a row with temperature 0 is greedy and
+The one sampling rule of ringjax: the JAX engine calls it with each slot's settings, the static sampler
+(`ringjax.generate.sample_logits`) with one setting broadcast to every row. A row with temperature 0 is greedy and
 reports its log-prob under the unscaled logits; otherwise the token is drawn from `logits / temperature`
 restricted to the row's top-p nucleus, and the reported log-prob (`logp_infer`) is under `logits / temperature`
 WITHOUT the nucleus truncation, which is what the trainer's `token_logprobs(..., temperature)` computes.

@@ -1,5 +1,5 @@
 """Weight updates of a running SGLang server (`SGLangEngine.update_weights`); the tensor packing and the trainer's
-end of the process group are in `rollout.sglang_weights`.
+end of the process group are in `rollout.sglang.weights`.
 
 An update pauses the server with `/pause_generation` mode "retract" (running requests go back to the waiting queue
 and drop their KV cache), loads the weights, flushes the prefix cache and `/continue_generation`: requests in
@@ -25,9 +25,9 @@ import uuid
 from typing import Any, Literal
 
 from ringjax.model.model import Ling
-from rollout import sglang_weights as sw
-from rollout.sglang_config import SGLangConfig
-from rollout.sglang_server import SGLangServer, SGLangServerError
+from rollout.sglang import weights as sw
+from rollout.sglang.config import SGLangConfig
+from rollout.sglang.server import SGLangServer, SGLangServerError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """grain pipeline of prompt batches: difficulty filter, per-epoch shuffle, per-domain mixing, checkpointable position.
 
-Follows the Ring-lite recipe (SPEC section 3): drop prompts the starting model always or never solves, then
-train stage 1 on math and stage 2 on code + science, each stage with its own {domain: weight}.
+Follows the Ring-lite recipe (docs/architecture.md, recipes): drop prompts the starting model always or never
+solves, then train stage 1 on math and stage 2 on code + science, each stage with its own {domain: weight}.
 
 - Shuffling is grain's `shuffle(seed)` before `repeat`: epoch e of a dataset shuffled with seed s uses seed
   s + e, so every epoch has its own order and the whole sequence is a function of the seed.

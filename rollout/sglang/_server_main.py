@@ -1,7 +1,7 @@
-"""Launcher of the SGLang HTTP server that `SGLangEngine` starts: `python _sglang_server.py [sglang server args]`.
+"""Launcher of the SGLang HTTP server that `SGLangEngine` starts: `python _server_main.py [sglang server args]`.
 
 It runs SGLang's own entry point (`sglang.launch_server`), with one opt-in CPU fix applied first
-(SGLANG_CPU_ROUTED_SCALING_FIX=1, `rollout.sglang_cpu_fix`): SGLang 0.5.23's CPU MoE path never multiplies the
+(SGLANG_CPU_ROUTED_SCALING_FIX=1, `rollout.sglang.cpu_fix`): SGLang 0.5.23's CPU MoE path never multiplies the
 routed experts' sum by `routed_scaling_factor`. tests/sglang_support/_engine_main.py applies the same fix.
 
 The script is run by path, not as a module of the `rollout` package: SGLang spawns its scheduler processes with
@@ -20,7 +20,7 @@ import time
 
 
 if os.environ.get("SGLANG_CPU_ROUTED_SCALING_FIX", "0") == "1":
-    from rollout.sglang_cpu_fix import patch_routed_scaling_on_cpu
+    from rollout.sglang.cpu_fix import patch_routed_scaling_on_cpu
 
     patch_routed_scaling_on_cpu()
 

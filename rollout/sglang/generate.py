@@ -4,7 +4,7 @@ A request is sent as prompt + already generated ids (`input_ids`), `max_new_toke
 `rid = request.id` (the id `/abort_request` names), asking for the sampled tokens' log-probs. The reply's
 `meta_info` holds the log-probs (`output_token_logprobs`, one row per output id, its log-prob first), the finish
 reason and the versions (`weight_version`, and `weight_versions`: spans of output tokens per version).
-See `rollout.sglang_engine` for what SGLang's log-probs, stops and aborts mean.
+See `rollout.sglang.engine` for what SGLang's log-probs, stops and aborts mean.
 """
 
 from __future__ import annotations

@@ -36,10 +36,14 @@ FLOATS = ("float64", "float32", "float16", "bfloat16")
 
 
 def as_model(weights: Ling | nnx.State | Mapping[str, Any], config: LingConfig) -> Ling:
-    """A `Ling` from a model (as is), its `nnx.State`, or flat weights {"moe_layers/wq": array}."""
+    """A `Ling` from a model (as is), its `nnx.State`, or flat weights {"moe_layers/wq": array}. MTP weights are
+    left out when the served `config` has no MTP layer (a default export drops them; they are frozen anyway)."""
     if isinstance(weights, Ling):
         return weights
-    return model_from_flat(config, flat_weights(weights) if isinstance(weights, nnx.State) else weights)
+    flat = flat_weights(weights) if isinstance(weights, nnx.State) else weights
+    if not config.num_nextn_predict_layers:
+        flat = {k: v for k, v in flat.items() if not k.startswith("mtp/")}
+    return model_from_flat(config, flat)
 
 
 @dataclasses.dataclass(frozen=True)
