@@ -12,21 +12,7 @@ REQ=requirements/sglang-cpu.txt
 
 # Prints the pinned packages whose installed version differs (nothing when all match).
 missing() {
-    "$PY" - "$REQ" <<'EOF'
-import sys
-from importlib import metadata
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if not line:
-        continue
-    name, version = line.split("==")
-    try:
-        have = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        have = None
-    if have != version:
-        print(f"{name}=={version} (installed: {have})")
-EOF
+    "$PY" scripts/pinned.py "$REQ"
 }
 
 todo="$(missing)"

@@ -20,26 +20,8 @@ check() {
         echo "no virtualenv at $VENV"
         return
     fi
-    "$VENV/bin/python" - "$REQ" $UNWANTED <<'EOF'
-import sys
-from importlib import metadata
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if not line:
-        continue
-    name, version = line.split("==")
-    try:
-        have = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        have = None
-    if have != version:
-        print(f"{name}=={version} (installed: {have})")
-for name in sys.argv[2:]:
-    try:
-        print(f"{name} must not be installed (have {metadata.version(name)})")
-    except metadata.PackageNotFoundError:
-        pass
-EOF
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" scripts/pinned.py "$REQ" $UNWANTED
 }
 
 todo="$(check)"
