@@ -21,6 +21,7 @@ from flax import nnx
 
 import ringjax
 from helpers import random_model
+from numerics import full_logprobs
 from ringjax.generate import greedy
 from rollout.types import Request, SamplingParams
 from sglang_support.runner import engine_env, sglang_available
@@ -106,15 +107,23 @@ def _greedy_requests(prefix="g", n=N, **sampling):
 
 
 def test_greedy_matches_ringjax(tiny, engine):
+    """SGLang's greedy tokens are ringjax's argmax, its log-probs ringjax's, teacher-forced on SGLang's own output:
+    each framework is within TOL of the exact value, so at a near-tie (top two within 2 TOL) either token may come
+    out under another reduction order; every other token must be ringjax's argmax."""
     _, model, *_ = tiny
     want_tokens, want_logp = _ringjax_greedy(model, PROMPTS, N)
     got = _run(engine, _greedy_requests())
-    for i in range(len(PROMPTS)):
+    for i, prompt in enumerate(PROMPTS):
         o = got[f"g{i}"]
-        assert o.finish == "length" and o.error is None
-        np.testing.assert_array_equal(o.tokens, want_tokens[i])
-        assert np.abs(o.logprobs - want_logp[i]).max() < TOL
+        assert o.finish == "length" and o.error is None and len(o.tokens) == N
+        logp = full_logprobs(model, np.concatenate([prompt, o.tokens])[None].astype(np.int32))[0]  # [S V]
+        dist = logp[len(prompt) - 1 + np.arange(N)]  # [N V] the distributions that chose the N tokens
+        chosen = dist[np.arange(N), o.tokens]
+        assert (dist.max(-1) - chosen).max() <= 2 * TOL, f"prompt {i}: a token that is not ringjax's argmax"
+        assert np.abs(o.logprobs - chosen).max() < TOL
         assert (o.versions == 0).all()
+        if np.array_equal(o.tokens, want_tokens[i]):  # the usual case: ringjax's own greedy run agrees exactly
+            assert np.abs(o.logprobs - want_logp[i]).max() < TOL
     # a sharp comparison: many different tokens, log-probs that differ far beyond TOL
     assert len(np.unique(want_tokens)) > 10 and np.ptp(want_logp) > 100 * TOL
 
