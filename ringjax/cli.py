@@ -16,25 +16,18 @@ import os
 import shutil
 import sys
 
+from ringjax.config_io import shown_path, user_path
+
 _CONFIG_HELP = "pipeline YAML (default: the embedded demo, ringjax/pipeline/demo.yaml)"
 _OVERRIDES_HELP = "dotted overrides, e.g. out=runs/x seed=1 stages.0.steps=5 rl.loss.alpha=0.4"
 
 
 def _input(typed: str, what: str) -> str:
     """An input path given on the command line, absolute; FileNotFoundError naming it as typed and as resolved."""
-    from ringjax.config_io import user_path
-
     path = user_path(typed)
     if not os.path.exists(path):
-        shown = typed if typed == path else f"{typed} (resolved to {path})"
-        raise FileNotFoundError(f"{what} {shown} does not exist")
+        raise FileNotFoundError(f"{what} {shown_path(typed, path)} does not exist")
     return path
-
-
-def _output(typed: str) -> str:
-    from ringjax.config_io import user_path
-
-    return user_path(typed)
 
 
 def _pipeline(args, inputs: bool = True):
@@ -101,7 +94,7 @@ def _export(args) -> int:
     from ringjax.model import create_model, preset
     from ringjax.trainer.model_checkpoint import restore_model
 
-    tokenizer, out = None, _output(args.out)
+    tokenizer, out = None, user_path(args.out)
     if args.src.startswith("preset:"):
         model = create_model(preset(args.src.split(":", 1)[1]), seed=args.seed)
     else:
@@ -139,7 +132,7 @@ def _import(args) -> int:
     from ringjax.trainer.model_checkpoint import save_model
 
     model = from_pretrained(_input(args.src, "import source"), param_dtype=args.dtype)
-    step_dir = save_model(model, _output(args.out))
+    step_dir = save_model(model, user_path(args.out))
     print(json.dumps({"checkpoint": step_dir, "architecture": model.config.architecture,
                       "use": f"model.checkpoint={step_dir}"}))
     return 0

@@ -123,6 +123,11 @@ def user_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def shown_path(typed: str, resolved: str) -> str:
+    """A path for a message: as the user typed it, with its resolved form when they differ."""
+    return resolved if typed == resolved else f"{typed} (resolved to {resolved})"
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain data (for logs and checkpoints)."""
     return dataclasses.asdict(cfg)

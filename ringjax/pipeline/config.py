@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from ringjax.config_io import build_config, from_dict, read_yaml, to_dict, user_path
+from ringjax.config_io import build_config, from_dict, read_yaml, shown_path, to_dict, user_path
 from ringjax.trainer.rl import RLConfig
 from ringjax.trainer.sft import SFTConfig
 
@@ -43,8 +43,7 @@ def _resolve_paths(section: Any, *names: str) -> None:
 
 def typed_path(section: Any, path: str) -> str:
     """`path` (resolved) as the user typed it, with the resolved form when they differ."""
-    typed = getattr(section, "_typed", {}).get(path, path)
-    return path if typed == path else f"{typed} (resolved to {path})"
+    return shown_path(getattr(section, "_typed", {}).get(path, path), path)
 
 
 @dataclasses.dataclass(frozen=True)
