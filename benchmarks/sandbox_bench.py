@@ -8,7 +8,10 @@ Each program prints its index (`print(i)`); a run counts as failed unless it exi
 - `median_start_latency_s` / `p90_latency_s` / `max_latency_s`: launch-to-exit time of one program (namespaces, mounts,
   the rlimit launcher, interpreter start-up and tear-down: what a one-test code reward costs at least);
 - `bare_python_s`: median launch-to-exit of the same interpreter without the sandbox (`python -I -S -c ...`),
-  so the sandbox's own overhead is the difference.
+  so the sandbox's own overhead is the difference;
+- `code_reward_per_s`: whole code rewards per second with N callers, on the demo's task shape (a program defining
+  f(x), four function-call cases): one sandbox run of the harness (runner and program processes, plain-data
+  answers judged outside), which is what an RL step pays per code response.
 Prints one JSON line per worker count and a final {"summary": ...} line (also written to --out).
 """
 
@@ -23,8 +26,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ringjax.data import PromptRecord
+from rollout.rewards import code_reward
 from rollout.sandbox import SandboxLimits, bwrap_binary, bwrap_version, interpreter, run_python, sandbox_available
 from _summary import emit_summary
+
+TASK = PromptRecord("bench", "Write f(x): add 3, then double.", "code",
+                    tests=[{"call": "f", "args": [x], "expected": (x + 3) * 2} for x in (0, 1, -2, 5)])
 
 
 def _one(i: int, limits: SandboxLimits) -> tuple[bool, float]:
@@ -46,6 +54,17 @@ def bench_workers(programs: int, workers: int, limits: SandboxLimits) -> dict:
             "mean_latency_s": round(statistics.fmean(lat), 4)}
 
 
+def bench_rewards(programs: int, workers: int, limits: SandboxLimits) -> dict:
+    response = "```python\ndef f(x):\n    return (x+3)*2\n```"
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda _: code_reward(TASK, response, limits), range(min(workers, 4))))  # warm-up
+        t0 = time.perf_counter()
+        verdicts = list(ex.map(lambda _: code_reward(TASK, response, limits), range(programs)))
+        total = time.perf_counter() - t0
+    return {"workers": workers, "rewards": programs, "failed": sum(v.score != 1.0 for v in verdicts),
+            "code_reward_per_s": round(programs / total, 1)}
+
+
 def bare_python_s(runs: int) -> float:
     times = []
     for i in range(runs):
@@ -64,20 +83,28 @@ def main(argv: list[str] | None = None) -> dict:
     reason = sandbox_available()
     if reason is not None:
         sys.exit(f"sandbox unavailable: {reason}")
-    limits = SandboxLimits(cpu_s=5, memory_mb=512, wall_s=30)
+    limits = SandboxLimits(cpu_s=5, memory_mb=1024, wall_s=30)
     env = {"bwrap": bwrap_binary(), "bwrap_version": ".".join(map(str, bwrap_version(bwrap_binary()))),
            "python": interpreter()[0], "cpus": os.cpu_count(), "root": os.geteuid() == 0,
-           "limits": {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "nproc": limits.nproc}}
+           "limits": {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "nproc": limits.nproc,
+                      "open_files": limits.open_files}}
     print(json.dumps({"env": env}), flush=True)
     results = []
     for workers in dict.fromkeys(int(w) for w in args.workers.split(",")):
         row = bench_workers(args.programs, workers, limits)
         print(json.dumps(row), flush=True)
         results.append(row)
+    rewards = []
+    for workers in dict.fromkeys(int(w) for w in args.workers.split(",")):
+        row = bench_rewards(args.programs, workers, limits)
+        print(json.dumps(row), flush=True)
+        rewards.append(row)
     seq = next((r for r in results if r["workers"] == 1), results[0])
-    summary = {"env": env, "results": results, "bare_python_s": bare_python_s(min(args.programs, 20)),
+    summary = {"env": env, "results": results, "rewards": rewards,
+               "bare_python_s": bare_python_s(min(args.programs, 20)),
                "median_start_latency_s": seq["median_start_latency_s"],
-               "runs_per_s": {f"w{r['workers']}": r["runs_per_s"] for r in results}}
+               "runs_per_s": {f"w{r['workers']}": r["runs_per_s"] for r in results},
+               "code_reward_per_s": {f"w{r['workers']}": r["code_reward_per_s"] for r in rewards}}
     return emit_summary(summary, args.out)
 
 

@@ -44,3 +44,13 @@ def test_demo_seeds_aggregates_finished_runs(tmp_path):
     assert summary["accuracy"]["sft"]["math"] == {"mean": 0.45, "std": 0.0707, "values": [0.4, 0.5]}
     assert summary["margin_over_sft"]["math"]["math"]["values"] == [0.2, 0.1]
     assert summary["margin_over_sft"]["math"]["mean"]["values"] == [0.1, 0.15]
+
+
+def test_sandbox_bench_reports_runs_and_rewards(tmp_path):
+    bench = _load("sandbox_bench")
+    out = tmp_path / "sandbox.json"
+    summary = bench.main(["--programs", "4", "--workers", "1,2", "--out", str(out)])
+    assert json.loads(out.read_text())["runs_per_s"] == summary["runs_per_s"]
+    assert [(r["workers"], r["failed"]) for r in summary["results"]] == [(1, 0), (2, 0)]
+    assert [(r["workers"], r["failed"]) for r in summary["rewards"]] == [(1, 0), (2, 0)]  # every reward scored 1
+    assert set(summary["code_reward_per_s"]) == {"w1", "w2"} and summary["median_start_latency_s"] > 0

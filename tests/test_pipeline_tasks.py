@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
-from ringjax.pipeline.tasks import CODE_OPS, code_tasks, math_tasks, split_heldout, teacher_response
+from ringjax.pipeline.tasks import CODE_INPUTS, CODE_OPS, code_tasks, math_tasks, split_heldout, teacher_response
 from ringjax.pipeline.tokenizer import Tokenizer, train_tokenizer
 from rollout.rewards import code_reward, last_boxed, math_reward
 
@@ -126,21 +126,17 @@ def test_math_slip_rate():
     assert abs(wrong - 0.3) <= 0.06, f"wrong fraction {wrong:.3f}"
 
 
-def run_tests_in_process(program: str, tests: str) -> bool:
+def run_tests_in_process(program: str, tests: list[dict]) -> bool:
     ns: dict = {}
     exec(program, ns)  # our own generated one-liners
-    try:
-        exec(tests, ns)
-    except AssertionError:
-        return False
-    return True
+    return all(ns[t["call"]](*t["args"]) == t["expected"] for t in tests)
 
 
 def test_code_teacher_on_every_task_in_process():
     rng = np.random.default_rng(6)
     records = code_tasks(len(CODE_OPS) ** 2, 6)
     for r in records:
-        assert r.domain == "code" and r.answer is None and len(r.tests.splitlines()) == 4
+        assert r.domain == "code" and r.answer is None and [t["args"] for t in r.tests] == [[x] for x in CODE_INPUTS]
         good = teacher_response(r, rng, 0.0)
         assert good.startswith("def f(x):\n    return ") and run_tests_in_process(good, r.tests), (r.prompt, good)
         bad = teacher_response(r, rng, 1.0)
@@ -159,8 +155,8 @@ def test_code_teacher_is_verified_by_code_reward_in_sandbox():
     everything = code_tasks(len(CODE_OPS) ** 2, 7)
     parens = [r for r in everything if re.search(r"(add|subtract) \d, then (multiply|double)", r.prompt)]
     records = parens[:5] + [r for r in everything if r not in parens][:5]  # 5 precedence slips, 5 constant slips
-    assert all(code_reward(r, teacher_response(r, rng, 0.0)) == 1.0 for r in records)
-    assert all(code_reward(r, teacher_response(r, rng, 1.0)) == 0.0 for r in records)
+    assert all(code_reward(r, teacher_response(r, rng, 0.0)).score == 1.0 for r in records)
+    assert all(code_reward(r, teacher_response(r, rng, 1.0)).reason == "wrong" for r in records)
 
 
 def test_tasks_are_distinct_and_deterministic():

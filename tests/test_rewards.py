@@ -7,11 +7,11 @@ import time
 import pytest
 
 from ringjax.data import PromptRecord
-from rollout.rewards import (RewardPool, RewardResult, RewardRouter, UnknownDomain, as_text, code_reward,
+from rollout.rewards import (RewardPool, RewardResult, RewardRouter, UnknownDomain, Verdict, as_text, code_reward,
                              extract_program, last_boxed, math_reward, parse_tests)
 from rollout.sandbox import SandboxLimits
 
-LIMITS = SandboxLimits(cpu_s=2, memory_mb=256, wall_s=5)
+LIMITS = SandboxLimits(cpu_s=2, memory_mb=256, nproc=4, wall_s=5)
 HALF = PromptRecord("half", "1/2 as a number?", "math", answer="1/2")
 ADD_IO = PromptRecord("add", "read a b, print a+b", "code",
                       tests=[{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4", "output": "6"}])
@@ -21,6 +21,10 @@ ADD_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)"
 
 def fenced(program: str) -> str:
     return f"Here is my solution.\n```python\n{program}\n```\nDone."
+
+
+def score(record: PromptRecord, response: str) -> float:
+    return code_reward(record, response, limits=LIMITS).score
 
 
 # ---------------------------------------------------------------------------------------------------- math
@@ -75,26 +79,26 @@ def test_math_without_reference_is_an_error():
 
 
 def test_code_stdin_stdout_tests():
-    assert code_reward(ADD_IO, fenced(ADD_PROGRAM), limits=LIMITS) == 1.0
-    assert code_reward(ADD_IO, fenced(ADD_PROGRAM + "   \n\n"), limits=LIMITS) == 1.0
-    assert code_reward(ADD_IO, fenced("print(5)"), limits=LIMITS) == 0.0  # passes the first case only
-    assert code_reward(ADD_IO, fenced("import sys\nprint(5)\nsys.exit(1)"), limits=LIMITS) == 0.0  # right output, rc 1
+    assert score(ADD_IO, fenced(ADD_PROGRAM)) == 1.0
+    assert score(ADD_IO, fenced(ADD_PROGRAM + "   \n\n")) == 1.0
+    assert score(ADD_IO, fenced("print(5)")) == 0.0  # passes the first case only
+    assert score(ADD_IO, fenced("import sys\nprint(5)\nsys.exit(1)")) == 0.0  # right output, rc 1
     io_dict = PromptRecord("d", "q", "code", tests={"inputs": ["1 2\n", "3 3\n"], "outputs": ["3\n", "6\n"]})
-    assert code_reward(io_dict, fenced(ADD_PROGRAM), limits=LIMITS) == 1.0
-    assert code_reward(io_dict, fenced("print(3)"), limits=LIMITS) == 0.0
+    assert score(io_dict, fenced(ADD_PROGRAM)) == 1.0
+    assert score(io_dict, fenced("print(3)")) == 0.0
 
 
 def test_code_assert_tests():
-    assert code_reward(SQUARE, fenced("def f(x):\n    return x * x"), limits=LIMITS) == 1.0
-    assert code_reward(SQUARE, fenced("def f(x):\n    return 2 * x"), limits=LIMITS) == 0.0  # f(-3) fails
+    assert score(SQUARE, fenced("def f(x):\n    return x * x")) == 1.0
+    assert score(SQUARE, fenced("def f(x):\n    return 2 * x")) == 0.0  # f(-3) fails
     listed = PromptRecord("l", "q", "code", tests=["assert f(2) == 4", "assert f(5) == 25"])
-    assert code_reward(listed, fenced("def f(x):\n    return x ** 2"), limits=LIMITS) == 1.0
-    assert code_reward(listed, fenced("def f(x):\n    return 4"), limits=LIMITS) == 0.0
+    assert score(listed, fenced("def f(x):\n    return x ** 2")) == 1.0
+    assert score(listed, fenced("def f(x):\n    return 4")) == 0.0
 
 
 @pytest.mark.parametrize("escape", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "exit()"])
 def test_code_exiting_before_the_asserts_fails(escape):
-    assert code_reward(SQUARE, fenced(f"def f(x):\n    return 0\n{escape}"), limits=LIMITS) == 0.0
+    assert score(SQUARE, fenced(f"def f(x):\n    return 0\n{escape}")) == 0.0
 
 
 def test_extract_program():
@@ -122,7 +126,7 @@ def test_router_dispatches_on_domain():
     router = RewardRouter()
     assert router(HALF, r"\boxed{0.5}") == 1.0
     assert router(PromptRecord("s", "q", "science", answer="100"), r"\boxed{100}") == 1.0
-    assert router(SQUARE, fenced("def f(x):\n    return x * x")) == 1.0
+    assert router(SQUARE, fenced("def f(x):\n    return x * x")) == Verdict(1.0)
     with pytest.raises(UnknownDomain, match="domain 'poetry' \\(prompt p1\\); known domains: \\['code'"):
         router(PromptRecord("p1", "q", "poetry", answer="x"), "x")
     custom = RewardRouter({"echo": lambda record, response: float(response == record.answer)})
@@ -161,9 +165,9 @@ def test_pool_raising_and_hanging_functions_score_0_and_are_counted():
         results = pool.score(items)
         assert results[0] == RewardResult(3.0) and results[5] == RewardResult(4.0)
         assert results[1].score == 0.0 and "RuntimeError: broken checker" in results[1].error
-        assert results[2] == results[4] == RewardResult(0.0, "timeout after 0.5 s")
+        assert results[2] == results[4] == RewardResult(0.0, "timeout after 0.5 s", reason="timeout")
         assert results[3].score == 0.0 and "nan" in results[3].error
-        assert pool.stats == {"scored": 2, "errors": 2, "timeouts": 2, "invalid_utf8": 0, "abandoned": 2}
+        assert pool.stats == {"scored": 2, "errors": 2, "timeouts": 2, "invalid_utf8": 0, "abandoned": 2, "killed": 0}
         assert any("prompt raise: RuntimeError" in e for e in pool.errors)
         # both original workers are stuck, yet the pool serves at full width: 4 x 0.2 s on 2 workers
         t0 = time.monotonic()

@@ -1,15 +1,11 @@
-"""The bubblewrap sandbox against hostile programs, with real bwrap (no mocks).
+"""The bubblewrap sandbox's API with real bwrap (no mocks): results, files, limits and the reasons a run is killed.
 
-Each hostile program is written to print the right answer only if its attack SUCCEEDED, so a 0 from
-`code_reward` means the attack was contained; every test also checks the attack's side effect directly (file not
-created, no connection received, no process left behind) and that a correct program still passes afterwards.
+Hostile programs (escapes, resource exhaustion, reward hacks) are the catalogue of `hostile_attacks.py`, scored
+as root and as an unprivileged user by `test_hostile.py`.
 """
 
 import os
-import socket
-import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,13 +14,13 @@ from ringjax.data import PromptRecord
 from rollout.rewards import code_reward
 from rollout.sandbox import BOX, SandboxLimits, bwrap_binary, run_python, sandbox_available
 
-LIMITS = SandboxLimits(cpu_s=2, memory_mb=256, file_mb=4, nproc=16, wall_s=5, output_bytes=64 << 10, disk_mb=16)
+LIMITS = SandboxLimits(cpu_s=2, memory_mb=512, file_mb=4, nproc=16, wall_s=5, output_bytes=64 << 10, disk_mb=16)
 ADD = PromptRecord("add", "read a b, print a+b", "code", tests=[{"input": "2 3\n", "output": "5\n"}])
 GOOD = "a, b = map(int, input().split())\nprint(a + b)\n"
 
 
 def reward(program: str) -> float:
-    return code_reward(ADD, f"```python\n{program}\n```", limits=LIMITS)
+    return code_reward(ADD, f"```python\n{program}\n```", limits=LIMITS).score
 
 
 def box_processes() -> list[int]:
@@ -78,25 +74,6 @@ def test_standard_library_only_unless_asked():
     assert run_python("import yaml", limits=LIMITS, site_packages=True).ok
 
 
-def test_fork_bomb():
-    bomb = "import os\nwhile True:\n    os.fork()\n"
-    assert reward(bomb) == 0.0
-    # 40 live children would need 41 processes: only possible if RLIMIT_NPROC (16) is not enforced
-    many = ("import os, time\nfor _ in range(40):\n    if os.fork() == 0:\n        time.sleep(30)\n"
-            "        os._exit(0)\nprint(5)\n")
-    assert reward(many) == 0.0
-    res = run_python(many, limits=LIMITS)
-    assert "Resource temporarily unavailable" in res.stderr
-    assert_contained_and_serving()
-
-
-def test_memory_bomb():
-    assert reward("x = bytearray(1 << 30)\nprint(5)") == 0.0  # 1 GiB > 256 MiB address space
-    res = run_python("a = []\nwhile True:\n    a.append(bytearray(10 ** 7))\n", limits=LIMITS)
-    assert res.returncode != 0 and "MemoryError" in res.stderr
-    assert_contained_and_serving()
-
-
 def test_infinite_loop_and_sleep():
     assert reward("while True:\n    pass\n") == 0.0
     # a generous wall clock, so that it is RLIMIT_CPU that stops the loop even on a loaded machine
@@ -107,66 +84,6 @@ def test_infinite_loop_and_sleep():
     assert res.timed_out and res.killed_reason == "wall_timeout" and res.returncode is None
     assert 1 <= res.wall_s < 10
     assert_contained_and_serving()
-
-
-def test_no_network():
-    assert reward("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)\nprint(5)") == 0.0
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    got = []
-
-    def accept():
-        try:
-            got.append(server.accept())
-        except OSError:
-            pass
-
-    listener = threading.Thread(target=accept)
-    listener.start()
-    attack = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'x')\nprint(5)"
-    assert reward(attack) == 0.0
-    listener.join()
-    server.close()
-    assert got == [], "the sandbox reached a server on the host's loopback"
-    assert_contained_and_serving()
-
-
-def test_cannot_read_outside_its_folder(tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("5\n")  # the right answer: reading it would pass the test
-    assert reward(f"print(open({str(secret)!r}).read())") == 0.0
-    assert reward("open('/etc/shadow').read()\nprint(5)") == 0.0
-    assert reward(f"import os\nos.listdir({str(tmp_path)!r})\nprint(5)") == 0.0
-    assert_contained_and_serving()
-
-
-def test_cannot_write_outside_its_folder(tmp_path):
-    targets = [tmp_path / "pwned", os.path.join(os.path.expanduser("~"), f"pwned-{uuid.uuid4().hex}"),
-               os.path.join(os.getcwd(), f"pwned-{uuid.uuid4().hex}")]
-    private = f"/tmp/pwned-{uuid.uuid4().hex}"  # the box's /tmp is a private tmpfs: the write works, in there
-    try:
-        for target in targets:
-            assert reward(f"open({str(target)!r}, 'w').write('x')\nprint(5)") == 0.0
-        assert reward(f"open({private!r}, 'w').write('x')\nprint(5)") == 1.0
-        for target in [*targets, private]:
-            assert not os.path.exists(target), f"the sandbox wrote {target}"
-    finally:
-        for target in [*targets, private]:
-            if os.path.exists(target):
-                os.remove(target)
-    assert_contained_and_serving()
-
-
-@pytest.mark.parametrize("attack", [
-    "os.kill(os.getppid(), 9)\nos.killpg(os.getpgid(0), 9)",  # its parent (the namespace's init), its group
-    "os.kill(-1, 9)",  # every process it may signal
-    f"os.kill({os.getpid()}, 9)\nprint(5)",  # the test process, by its host pid
-    f"os.killpg({os.getpgid(0)}, 9)\nprint(5)",  # the test's process group
-])
-def test_cannot_kill_its_parent_or_the_host(attack):
-    assert reward(f"import os\n{attack}\n") == 0.0
-    assert_contained_and_serving()  # and this process is still alive to check it
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])

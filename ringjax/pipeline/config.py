@@ -110,20 +110,25 @@ class TokenizerSection:
         _resolve_paths(self, "path")
 
 
+SYNTHETIC_DOMAINS = ("math", "code", "logic")  # the fields of SyntheticSection giving each domain's prompt count
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticSection:
-    """Locally generated verifiable tasks (`ringjax.pipeline.tasks`): RL prompts per domain, teacher traces per
-    domain for SFT (a programmatic teacher that slips on `teacher_error_rate` of its traces), held-out prompts."""
+    """Locally generated verifiable tasks (`ringjax.pipeline.tasks`, `ringjax.pipeline.logic_tasks`): RL prompts per
+    domain, teacher traces per domain for SFT (a programmatic teacher that slips on `teacher_error_rate` of its
+    traces), held-out prompts."""
 
     math: int = 0  # arithmetic RL prompts answered in \boxed{} (0: no math domain)
     code: int = 0  # "write f(x)" RL prompts checked by hidden tests (0: no code domain)
+    logic: int = 0  # countdown RL prompts ("Make 10 from 2 3 5."), an expression in \boxed{} (0: no logic domain)
     sft_per_domain: int = 0  # teacher traces per domain for SFT, drawn from the RL prompts
     eval_per_domain: int = 64  # held-out prompts per domain, never trained on
     teacher_error_rate: float = 0.3  # share of teacher traces with one deliberate slip (a wrong answer)
     math_max_operand: int = 9  # operands of the arithmetic prompts lie in 0..math_max_operand
 
     def __post_init__(self):
-        for name in ("math", "code", "sft_per_domain", "eval_per_domain", "math_max_operand"):
+        for name in (*SYNTHETIC_DOMAINS, "sft_per_domain", "eval_per_domain", "math_max_operand"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.synthetic.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.teacher_error_rate <= 1.0:
@@ -177,18 +182,24 @@ class SFTSection:
 @dataclasses.dataclass(frozen=True)
 class StageSection:
     """One RL stage: `rl` with these `domains` (weights; prompts of other domains are not drawn), `steps` and
-    further `rl` keys as a nested mapping, merged over the shared section (e.g. {"loss": {"alpha": 0.4}})."""
+    further `rl` keys as a nested mapping, merged over the shared section (e.g. {"loss": {"alpha": 0.4}}).
+    `enabled: false` keeps an optional stage in a config file without running it: it is checked when the config
+    loads, then left out of `PipelineConfig.stages` as if it were not listed (the run, its resume state, its
+    `run.json` and `ringjax plan` never see it); `stages.N.enabled=true` turns it on."""
 
     name: str  # identifier; names the stage's folder in out/ and its metrics
     domains: dict[str, float]  # prompt domains of this stage and their mixing weights, e.g. {math: 1}
     steps: int  # RL optimisation steps of this stage
     rl: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys of the rl section to change for this stage
+    enabled: bool = True  # false: an optional stage, checked but left out of the run (as if not listed)
 
     def __post_init__(self):
         if not self.name.isidentifier():
             raise ValueError(f"stage name {self.name!r} must be an identifier (it names a folder and metrics)")
         if not self.domains or any(w <= 0 for w in self.domains.values()):
             raise ValueError(f"stage {self.name}: domains {self.domains} must be a non-empty map of weights > 0")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"stage {self.name}: enabled={self.enabled!r} must be true or false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +242,7 @@ class PipelineConfig:
     data: DataSection = DataSection(source="synthetic")  # RL prompts, held-out prompts, SFT pairs
     sft: SFTSection = SFTSection()  # SFT and the entropy-band checkpoint pick
     rl: RLConfig = RLConfig()  # RL settings shared by every stage
-    stages: tuple[StageSection, ...] = ()  # RL stages, run in order, each from the previous one's final model
+    stages: tuple[StageSection, ...] = ()  # RL stages, run in order from the previous final model; disabled: dropped
     eval: EvalSection = EvalSection()  # held-out accuracy
     export: ExportSection = ExportSection()  # the final Hugging Face folder
 
@@ -249,6 +260,14 @@ class PipelineConfig:
             if self.stage_rl(stage).checkpoint_every < 1:  # also fails at load time on a bad stage override
                 raise ValueError(f"stage {stage.name}: rl.checkpoint_every must be >= 1 (the next stage starts from "
                                  "its final checkpoint, and a rerun resumes from the newest)")
+        stages = tuple(s for s in stages if s.enabled)
+        object.__setattr__(self, "stages", stages)
+        if self.data.source == "synthetic":
+            for stage in stages:
+                empty = [d for d in stage.domains if d not in SYNTHETIC_DOMAINS or not getattr(self.data.synthetic, d)]
+                if empty:
+                    raise ValueError(f"stage {stage.name} draws domains {empty}, of which data.synthetic generates no "
+                                     f"prompts (its domains {list(SYNTHETIC_DOMAINS)} need data.synthetic.DOMAIN > 0)")
 
     def stage_rl(self, stage: StageSection) -> RLConfig:
         """The RL config of `stage`: the shared `rl` section, then the stage's steps, domains and `rl` keys."""

@@ -1,9 +1,10 @@
 """The texts a pipeline run trains and evaluates on: RL prompts, held-out prompts, SFT (prompt, response) pairs.
 
-Synthetic (`data.source: synthetic`): math and code tasks from `ringjax.pipeline.tasks`, held-out prompts split off
-before anything else (never trained on, in SFT or RL), SFT traces from the programmatic teacher on training prompts,
-and the entropy probe of the SFT checkpoint pick from teacher traces on held-out prompts. Files: `read_records`
-rows (bad rows skipped and counted) and SFT JSONL rows {prompt, response} (`read_sft_rows`).
+Synthetic (`data.source: synthetic`): math and code tasks from `ringjax.pipeline.tasks`, logic (countdown) tasks from
+`ringjax.pipeline.logic_tasks`, held-out prompts split off before anything else (never trained on, in SFT or RL),
+SFT traces from the programmatic teachers on training prompts, and the entropy probe of the SFT checkpoint pick
+from teacher traces on held-out prompts. Files: `read_records` rows (bad rows skipped and counted) and SFT JSONL
+rows {prompt, response} (`read_sft_rows`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from ringjax.data import PromptRecord, read_records
 from ringjax.pipeline.config import PipelineConfig
+from ringjax.pipeline.logic_tasks import LOGIC, logic_teacher_response, logic_tasks
 from ringjax.pipeline.tasks import code_tasks, math_tasks, split_heldout, teacher_response
 from ringjax.trainer.sft import read_sft_rows
 
@@ -42,7 +44,9 @@ def synthetic_data(cfg: PipelineConfig) -> RunData:
     s = cfg.data.synthetic
     rng = np.random.default_rng([cfg.seed, 1])
     prompts, held, sft, sft_eval = [], [], [], []
-    makers = {"math": functools.partial(math_tasks, max_operand=s.math_max_operand), "code": code_tasks}
+    # in this order: each domain's seed depends on its place, so adding a domain changes no other domain's tasks
+    makers = {"math": functools.partial(math_tasks, max_operand=s.math_max_operand), "code": code_tasks,
+              LOGIC: logic_tasks}
     for i, (domain, make) in enumerate(makers.items()):
         n = getattr(s, domain)
         if n == 0:
@@ -51,10 +55,11 @@ def synthetic_data(cfg: PipelineConfig) -> RunData:
         prompts += train
         held += evals
         picks = rng.choice(len(train), size=s.sft_per_domain, replace=s.sft_per_domain > len(train))
-        sft += [(train[j].prompt, teacher_response(train[j], rng, s.teacher_error_rate)) for j in picks]
-        sft_eval += [(r.prompt, teacher_response(r, rng, s.teacher_error_rate)) for r in evals]
+        teacher = logic_teacher_response if domain == LOGIC else teacher_response
+        sft += [(train[j].prompt, teacher(train[j], rng, s.teacher_error_rate)) for j in picks]
+        sft_eval += [(r.prompt, teacher(r, rng, s.teacher_error_rate)) for r in evals]
     if not prompts:
-        raise ValueError("data.synthetic: no domain has prompts (set data.synthetic.math and/or .code > 0)")
+        raise ValueError("data.synthetic: no domain has prompts (set data.synthetic.math, .code or .logic > 0)")
     return RunData(prompts, held, sft, sft_eval, {"synthetic": dataclasses.asdict(s)})
 
 

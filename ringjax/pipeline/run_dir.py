@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Any
 
-from ringjax.config_io import to_dict
+from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline.config import PipelineConfig
 
 RUN, STATE = "run.json", "state.json"
@@ -35,6 +35,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _with_defaults(theirs: dict) -> dict:
+    """A run.json as this version reads it: a field added since it was written is absent from it and takes its
+    default (a run started before a new option existed still resumes); as stored if it no longer parses."""
+    try:
+        return _plain(to_dict(build_config(PipelineConfig, theirs, source=RUN)))
+    except (ValueError, TypeError, FileNotFoundError):
+        return theirs
+
+
 def claim(cfg: PipelineConfig, overwrite: bool = False, log=print) -> bool:
     """Takes `cfg.out` for this run; True when it resumes an earlier run of the same config.
 
@@ -47,7 +56,7 @@ def claim(cfg: PipelineConfig, overwrite: bool = False, log=print) -> bool:
         shutil.rmtree(out)
     if os.path.isfile(path):
         with open(path) as f:
-            theirs = json.load(f)
+            theirs = _with_defaults(json.load(f))
         differ = _diff({**theirs, "out": out}, mine)
         if differ:
             raise FileExistsError(f"output folder {out} holds a different run (config differs in {differ[:6]}); "

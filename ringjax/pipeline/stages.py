@@ -60,19 +60,31 @@ class Context:
 
 
 def setup(cfg: PipelineConfig, log, rl: bool = True) -> Context:
-    """The run's mesh, data and tokenizer; with `rl`, Ray first when an RL stage still to run needs it."""
+    """The run's data, mesh and tokenizer; with `rl`, Ray before JAX when an RL stage still to run needs it."""
     from ringjax.sharding import initialize_distributed, make_mesh
 
+    data = build_data(cfg)
+    _check_sandbox(data)
     if rl:
         _start_ray(cfg)  # before JAX starts threads: Ray forks this process to start its own
     if cfg.mesh.distributed:
         initialize_distributed()
     mesh = make_mesh(**cfg.mesh.axes())
-    data = build_data(cfg)
     tokenizer = _tokenizer(cfg, data, log)
     log(f"ringjax: {len(data.prompts)} RL prompts, {len(data.eval)} held out, {len(data.sft)} SFT pairs; "
         f"tokenizer vocab {tokenizer.vocab_size}; {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     return Context(cfg, log, mesh, data, tokenizer)
+
+
+def _check_sandbox(data: RunData) -> None:
+    """Code prompts are graded in the sandbox: one that cannot be created stops the run now, saying why, rather
+    than scoring every program 0."""
+    if any(r.domain == "code" for r in data.prompts + data.eval):
+        from rollout.sandbox import sandbox_available
+
+        reason = sandbox_available()
+        if reason is not None:
+            raise ValueError(f"code prompts need the sandbox, which cannot run here: {reason}")
 
 
 def _start_ray(cfg: PipelineConfig) -> None:

@@ -3,7 +3,9 @@
 - math: `"Compute 3+8-5.\\n"`, single-digit operands, + and - (and * when asked), normal precedence; the teacher
   writes one `a op b=c.` step per operator (products first, then left to right) and ends with `\\boxed{answer}`;
 - code: `"Write f(x): add 3, then double.\\n"`; the teacher writes `def f(x):\\n    return (x+3)*2` (parentheses
-  only where precedence needs them), checked by asserts on fixed inputs.
+  only where precedence needs them), checked by function-call cases on fixed inputs (`{"call": "f", "args": [x],
+  "expected": y}`): the program's return values come back from the sandbox as plain data and are compared outside
+  it, so an object that claims to equal anything scores 0.
 With probability `error_rate` the teacher makes one slip (an arithmetic step off by 1 or 2 and carried on; a
 dropped parenthesis or a constant off by 1), so its answer is wrong: the traces are imperfect, as RL needs.
 """
@@ -49,7 +51,7 @@ def math_tasks(n: int, seed: int, *, terms: Sequence[int] = (2, 3), max_operand:
 
 
 def code_tasks(n: int, seed: int) -> list[PromptRecord]:
-    """`n` distinct "write f(x) doing two operations" prompts, with assert tests on `CODE_INPUTS`."""
+    """`n` distinct "write f(x) doing two operations" prompts, with function-call tests on `CODE_INPUTS`."""
     pairs = [(a, b) for a in CODE_OPS for b in CODE_OPS]
     if n > len(pairs):
         raise ValueError(f"asked for {n} code prompts, only {len(pairs)} distinct ones exist")
@@ -57,7 +59,7 @@ def code_tasks(n: int, seed: int) -> list[PromptRecord]:
     for i in np.random.default_rng(seed).permutation(len(pairs))[:n]:
         (w1, o1, k1), (w2, o2, k2) = pairs[i]
         prompt = f"Write f(x): {w1}, then {w2}.\n"
-        tests = "".join(f"assert f({x}) == {_apply(_apply(x, o1, k1), o2, k2)}\n" for x in CODE_INPUTS)
+        tests = [{"call": "f", "args": [x], "expected": _apply(_apply(x, o1, k1), o2, k2)} for x in CODE_INPUTS]
         out.append(PromptRecord(prompt_id(prompt), prompt, CODE, tests=tests))
     return out
 

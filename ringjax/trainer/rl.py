@@ -53,7 +53,7 @@ from rollout.weights import flat_weights
 
 SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted",
                     "tokens_generated")
-REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8")
+REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8", "killed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +190,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
         while int(state.step) < cfg.steps:
             t0 = time.perf_counter()
             step, before, scored = int(state.step), collections.Counter(sched.stats), rewards.stats
+            zeros = collections.Counter(rewards.reasons)
             engine.update_weights(merge_model(graphdef, state.params, state.frozen), version=step)
             if isinstance(engine, JaxEngine):
                 engine.reseed(jax.random.fold_in(state.rng, step))
@@ -222,7 +223,8 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
                 rollout_s=t_rollout, step_s=elapsed, tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped),
                 **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
-                **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS})
+                **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
+                **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()})
             writer.write(step + 1, metrics)
             history.append({"step": step + 1, "prompt_ids": list(stream.drawn), **metrics})
             stopped = should_stop is not None and should_stop()

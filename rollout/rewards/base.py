@@ -1,8 +1,10 @@
-"""The reward interface: a reward function maps (prompt record, response text) to a float score.
+"""The reward interface: a reward function maps (prompt record, response text) to a score.
 
 Rewards here are binary (docs/architecture.md, recipes): 1.0 when the response is verified correct against the record's
-reference (`answer` for math and science, `tests` for code), else 0.0. Functions may raise on a malformed record;
-`RewardPool` turns any exception into a 0 score and counts it, so a single bad row never stops a run.
+reference (`answer` for math, science and logic, `tests` for code), else 0.0. A function returns a float, or a
+`Verdict` whose `reason` says why a response scored 0 ("no_answer", "wrong", "unencodable_expected", ...);
+`RewardPool` counts those reasons. Functions may raise on a malformed record; `RewardPool` turns any exception
+into a 0 score and counts it, so a single bad row never stops a run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from collections.abc import Callable
 
 from ringjax.data import PromptRecord
 
-RewardFn = Callable[[PromptRecord, str], float]
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A reward function's score with the reason it is 0 (a short key `RewardPool` counts); None when scored 1."""
+
+    score: float
+    reason: str | None = None
+
+
+RewardFn = Callable[[PromptRecord, str], "float | Verdict"]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -23,6 +34,7 @@ class RewardResult:
 
     score: float
     error: str | None = None
+    reason: str | None = None  # the reward function's `Verdict.reason` (or "error" / "timeout")
 
 
 def as_text(response: str | bytes) -> tuple[str, bool]:

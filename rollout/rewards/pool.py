@@ -3,9 +3,12 @@
 Reward functions run in worker threads (code rewards spend their time waiting on sandbox subprocesses, math
 rewards in sympy). Every item resolves to a `RewardResult`: a function that raises scores 0 with the error, one
 that runs past `timeout_s` (counted from when a worker starts it) scores 0 with "timeout", and both are counted in
-`stats`. A Python thread cannot be killed, so a timed-out call is abandoned: its thread is retired (it exits when
-the call returns, its late result discarded) and a fresh worker takes its place, so the pool keeps its full width.
-`stats["abandoned"]` is the number of such calls still running.
+`stats`; the reasons reward functions give for their zeros (`Verdict.reason`) are counted in `reasons`.
+Each call runs in its own `CancelScope`: on timeout its sandboxes are killed and it can start no new one (a
+further `run_python` raises `Cancelled`), so a timed-out code reward stops within moments; `stats["killed"]`
+counts the sandboxes killed so. A Python thread cannot be killed, so a call that is still running is abandoned: its
+thread is retired (it exits when the call returns, its late result discarded) and a fresh worker takes its place,
+so the pool keeps its full width. `stats["abandoned"]` is the number of such calls still running.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import time
 from collections.abc import Iterable
 
 from ringjax.data import PromptRecord
-from rollout.rewards.base import RewardFn, RewardResult, as_text
+from rollout.rewards.base import RewardFn, RewardResult, Verdict, as_text
 from rollout.rewards.router import RewardRouter
+from rollout.sandbox import CancelScope
 
 Item = tuple[PromptRecord, str | bytes]
 
@@ -34,6 +38,7 @@ class _Job:
     future: cf.Future
     finished: bool = False  # the worker returned (guarded by the pool lock)
     expired: bool = False  # the watchdog resolved it as a timeout (guarded by the pool lock)
+    scope: CancelScope = dataclasses.field(default_factory=CancelScope)  # its sandboxes, killed on timeout
 
 
 class RewardPool:
@@ -47,7 +52,8 @@ class RewardPool:
         self.timeout_s = timeout_s
         self.errors: collections.deque[str] = collections.deque(maxlen=keep_errors)  # latest, for logging
         self._stats = collections.Counter({"scored": 0, "errors": 0, "timeouts": 0, "invalid_utf8": 0,
-                                           "abandoned": 0})
+                                           "abandoned": 0, "killed": 0})
+        self._reasons: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job | None] = collections.deque()
         self._deadlines: list[tuple[float, int, _Job]] = []
@@ -78,6 +84,12 @@ class RewardPool:
     def stats(self) -> dict[str, int]:
         with self._cond:
             return dict(self._stats)
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Zero scores counted by the reason their reward function gave (`Verdict.reason`)."""
+        with self._cond:
+            return dict(self._reasons)
 
     def close(self) -> None:
         """Stop the workers once the queue is drained (queued items are still scored)."""
@@ -123,6 +135,8 @@ class RewardPool:
                 self._stats["errors" if result.error else "scored"] += 1
                 if result.error:
                     self.errors.append(f"prompt {job.record.id}: {result.error}")
+                elif result.reason is not None:
+                    self._reasons[result.reason] += 1
             job.future.set_result(result)
 
     def _call(self, job: _Job) -> RewardResult:
@@ -131,12 +145,15 @@ class RewardPool:
             if repaired:
                 with self._cond:
                     self._stats["invalid_utf8"] += 1
-            score = float(self.reward_fn(job.record, text))
+            with job.scope:
+                out = self.reward_fn(job.record, text)
+            verdict = out if isinstance(out, Verdict) else Verdict(float(out))
+            score = float(verdict.score)
             if not math.isfinite(score):
                 raise ValueError(f"reward function returned {score}")
-            return RewardResult(score)
+            return RewardResult(score, reason=verdict.reason if score == 0.0 else None)
         except Exception as e:  # a reward function's bug must not stop the run: score 0, count, keep the reason
-            return RewardResult(0.0, f"{type(e).__name__}: {e}")
+            return RewardResult(0.0, f"{type(e).__name__}: {e}", reason="error")
 
     def _watch(self) -> None:
         while True:
@@ -156,5 +173,8 @@ class RewardPool:
                         return
                     self._cond.wait(self._deadlines[0][0] - now if self._deadlines else None)
             for job in expired:
+                job.scope.cancel()
+                with self._cond:
+                    self._stats["killed"] += job.scope.killed
                 self._spawn_worker()
-                job.future.set_result(RewardResult(0.0, f"timeout after {self.timeout_s} s"))
+                job.future.set_result(RewardResult(0.0, f"timeout after {self.timeout_s} s", reason="timeout"))
