@@ -40,12 +40,17 @@ def _one(i: int, limits: SandboxLimits) -> tuple[bool, float]:
     return res.ok and res.stdout == f"{i}\n", res.wall_s
 
 
-def bench_workers(programs: int, workers: int, limits: SandboxLimits) -> dict:
+def _timed(fn, n: int, workers: int) -> tuple[list, float]:
+    """(fn(0..n-1) from `workers` threads, seconds they took), after a warm-up of min(workers, 4) calls."""
     with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(lambda i: _one(i, limits), range(min(workers, 4))))  # warm-up
+        list(ex.map(fn, range(min(workers, 4))))
         t0 = time.perf_counter()
-        results = list(ex.map(lambda i: _one(i, limits), range(programs)))
-        total = time.perf_counter() - t0
+        results = list(ex.map(fn, range(n)))
+        return results, time.perf_counter() - t0
+
+
+def bench_workers(programs: int, workers: int, limits: SandboxLimits) -> dict:
+    results, total = _timed(lambda i: _one(i, limits), programs, workers)
     lat = sorted(w for _, w in results)
     return {"workers": workers, "programs": programs, "failed": sum(not ok for ok, _ in results),
             "runs_per_s": round(programs / total, 1), "total_s": round(total, 3),
@@ -56,11 +61,7 @@ def bench_workers(programs: int, workers: int, limits: SandboxLimits) -> dict:
 
 def bench_rewards(programs: int, workers: int, limits: SandboxLimits) -> dict:
     response = "```python\ndef f(x):\n    return (x+3)*2\n```"
-    with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(lambda _: code_reward(TASK, response, limits), range(min(workers, 4))))  # warm-up
-        t0 = time.perf_counter()
-        verdicts = list(ex.map(lambda _: code_reward(TASK, response, limits), range(programs)))
-        total = time.perf_counter() - t0
+    verdicts, total = _timed(lambda _: code_reward(TASK, response, limits), programs, workers)
     return {"workers": workers, "rewards": programs, "failed": sum(v.score != 1.0 for v in verdicts),
             "code_reward_per_s": round(programs / total, 1)}
 

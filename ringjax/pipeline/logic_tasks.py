@@ -59,15 +59,11 @@ def _values(items: list[Fraction]) -> set[Fraction]:
     for i, j in itertools.permutations(range(len(items)), 2):
         rest = [items[k] for k in range(len(items)) if k not in (i, j)]
         for op in OPS:
-            value = _apply(items[i], op, items[j])
+            value = countdown.apply_op(items[i], op, items[j])
             if value > 0 and value.denominator == 1:
                 out.add(value)
                 out |= _values(rest + [value])
     return out
-
-
-def _apply(a: Fraction, op: str, b: Fraction) -> Fraction:
-    return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
 
 
 def solution_steps(numbers: list[int], target: int) -> list[Step]:
@@ -86,7 +82,7 @@ def _search(items, target: Fraction, ops_left: int, steps: list[Step]) -> list[S
         (a, ref_a), (b, ref_b) = items[i], items[j]
         rest = [items[k] for k in range(len(items)) if k not in (i, j)]
         for op in OPS:
-            value = _apply(a, op, b)
+            value = countdown.apply_op(a, op, b)
             if value > 0 and value.denominator == 1:
                 found = _search([(value, ("s", len(steps)))] + rest, target, ops_left - 1,
                                 steps + [(ref_a, op, ref_b)])
@@ -103,7 +99,7 @@ def render(steps: list[Step], ops: list[str]) -> tuple[list[str], str]:
     for (ref_a, op, ref_b), shown in zip(steps, ops):
         a, b = (values[r[1]] if r[0] == "s" else Fraction(r[1]) for r in (ref_a, ref_b))
         ta, tb = (texts[r[1]] if r[0] == "s" else (str(r[1]), countdown.PRECEDENCE[""]) for r in (ref_a, ref_b))
-        values.append(_apply(a, op, b))
+        values.append(countdown.apply_op(a, op, b))
         texts.append((countdown.join(ta, shown, tb), countdown.PRECEDENCE[shown]))
         lines.append(f"{a}{shown}{b}={values[-1]}.")
     return lines, texts[-1][0]

@@ -66,7 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from rollout.sandbox.seccomp import seccomp_bpf
 
@@ -442,7 +442,7 @@ def _run(binary: str, argv: list[str], stdin_fd: int, pass_fds: tuple[int, ...],
         os.close(sandbox_only.pop())
     streams = [proc.stdout.fileno(), proc.stderr.fileno(), *([] if report_fd is None else [report_fd])]
     try:
-        with scope._running(proc) if scope is not None else _nothing():
+        with scope._running(proc) if scope is not None else nullcontext():
             bufs, reason = _read_capped(streams, deadline, limits.output_bytes)
             if reason is None:
                 try:
@@ -475,11 +475,6 @@ def _filter() -> bytes:
         return seccomp_bpf()
     except RuntimeError as e:
         raise SandboxUnavailable(str(e)) from None
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _read_capped(fds: list[int], deadline: float, cap: int) -> tuple[list[bytes], str | None]:
@@ -524,7 +519,7 @@ def sandbox_available() -> str | None:
     """None when a sandboxed program runs here, else the reason it does not (with how to fix it)."""
     try:
         res = run_python("import sys; print(sys.version_info[0])", limits=SandboxLimits(wall_s=30))
-    except (SandboxUnavailable, RuntimeError, OSError) as e:
+    except (RuntimeError, OSError) as e:  # SandboxUnavailable included
         return str(e)
     if res.ok and res.stdout.strip() == "3":
         return None

@@ -115,9 +115,7 @@ def _evaluate(node: ast.expr) -> Fraction:
         return Fraction(node.value)
     if isinstance(node, ast.UnaryOp):
         return -_evaluate(node.operand)
-    a, b = _evaluate(node.left), _evaluate(node.right)
-    op = _BINOPS[type(node.op)]
-    return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+    return apply_op(_evaluate(node.left), _BINOPS[type(node.op)], _evaluate(node.right))
 
 
 # ------------------------------------------------------------------------------------------ solver and generator
@@ -153,7 +151,7 @@ def _search(items, target: Fraction, ops_left: int, use_all: bool, natural: bool
             for op in "+-*/":
                 if (op in "+*" and a is items[j]) or (op == "/" and b[0] == 0):
                     continue  # commutative: one order is enough
-                value = _apply(a[0], op, b[0])
+                value = apply_op(a[0], op, b[0])
                 if natural and (value <= 0 or value.denominator != 1):
                     continue
                 item = (value, join(a[1:], op, b[1:]), PRECEDENCE[op])
@@ -163,7 +161,8 @@ def _search(items, target: Fraction, ops_left: int, use_all: bool, natural: bool
     return None
 
 
-def _apply(a: Fraction, op: str, b: Fraction) -> Fraction:
+def apply_op(a: Fraction, op: str, b: Fraction) -> Fraction:
+    """`a op b` for op in "+-*/" (exact; ZeroDivisionError for b == 0 under "/")."""
     return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
 
 
@@ -196,7 +195,7 @@ def generate(rng: random.Random, *, count: int = 4, max_number: int = 13, target
             op = rng.choice("+-*/")
             if op == "/" and v == 0:
                 break
-            value = _apply(value, op, v)
+            value = apply_op(value, op, v)
         else:
             if value.denominator == 1 and 0 < value <= max_target and value not in numbers:
                 return {"task": TASK, "numbers": numbers, "target": int(value), "use_all": use_all}
