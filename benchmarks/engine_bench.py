@@ -110,8 +110,10 @@ def bench_static(model, batch: int, args) -> dict:
 
 
 @contextlib.contextmanager
-def sglang_engine(model, batches: list[int], args):
-    """One SGLang server on `model`, exported to a temporary folder; killed (close) on exit."""
+def sglang_engine(model, batches: list[int], args, routed_experts: bool = False):
+    """One SGLang server on `model`, exported to a temporary folder; killed (close) on exit. `routed_experts`: every
+    output carries its routing record (`SGLangConfig.return_routed_experts`); off by default, so that the throughput
+    rows time generation alone."""
     if TESTS_DIR not in sys.path:  # the CPU environment and the sgl_kernel stand-in live with the tests
         sys.path.insert(0, TESTS_DIR)
     from sglang_support.runner import engine_env, sglang_version
@@ -123,7 +125,8 @@ def sglang_engine(model, batches: list[int], args):
         context = args.prompt_len + args.new_tokens
         config = SGLangConfig(path, device="cpu", dtype="float32", max_total_tokens=max(batches) * context + 1024,
                               context_length=context + 64, start_timeout_s=args.sglang_start_timeout,
-                              server_args=("--max-running-requests", str(max(batches))))
+                              server_args=("--max-running-requests", str(max(batches))),
+                              return_routed_experts=routed_experts)
         t0 = time.perf_counter()
         engine = SGLangEngine(config, env=engine_env(), model_config=model.config)
         try:

@@ -7,4 +7,7 @@
   `ray.util.queue.Queue`, dead workers restarted and their requests reissued;
 - `rollout.c3po_pp.C3POPlusPlus`: token-budgeted iterations with carry-over (and the synchronous baseline);
 - `rollout.rewards`: Math-Verify math rewards, sandboxed code rewards, `RewardPool`; `rollout.sandbox`: bubblewrap.
+- `rollout.routes`: routing records (the experts an engine used per token and MoE layer) for router replay and
+  routing diagnostics; `rollout.numerics`: controlled train-inference mismatch of the embedded engine (bf16,
+  simulated fp8, MoE kernel, weight noise); `rollout.zero_mismatch`: the engine's bit-exact control mode.
 """

@@ -40,6 +40,7 @@ from typing import Literal
 import numpy as np
 
 from ringjax.data import PromptRecord
+from rollout import routes
 from rollout.rewards import RewardPool
 from rollout.types import Engine, Output, Request, SamplingParams
 
@@ -75,8 +76,17 @@ class Member:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     versions: list[int] = dataclasses.field(default_factory=list)
     done: bool = False
+    routes: np.ndarray | None = None  # routing record of prompt + tokens (rollout.routes); None: unknown
 
     def extend(self, out: Output) -> None:
+        """Appends a call's tokens. The routing record starts with the first call's prefilled prompt; a
+        continuation adds only the routing that produced its new tokens (its re-prefill of the earlier ones is a
+        different policy's and is not what sampled them). A call without routing makes the record unknown."""
+        if not self.tokens:
+            have = out.routes is not None and out.context_routes is not None
+            self.routes = np.concatenate([out.context_routes, out.routes]) if have else None
+        elif self.routes is not None:
+            self.routes = None if out.routes is None else np.concatenate([self.routes, out.routes])
         self.tokens += out.tokens.tolist()
         self.logprobs += out.logprobs.tolist()
         self.versions += out.versions.tolist()
@@ -230,7 +240,8 @@ class C3POPlusPlus:
         return {"iteration": self.iteration, "next_group": self._next_group, "stats": dict(self.stats),
                 "exhausted": self.exhausted,
                 "groups": [{"id": g.id, "record": dataclasses.asdict(g.record), "prompt": g.prompt, "born": g.born,
-                            "members": [dataclasses.asdict(m) for m in g.members]} for g in self.groups.values()]}
+                            "members": [{**dataclasses.asdict(m), "routes": routes.to_json(m.routes)}
+                                        for m in g.members]} for g in self.groups.values()]}
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration, self._next_group = int(state["iteration"]), int(state["next_group"])
@@ -238,6 +249,6 @@ class C3POPlusPlus:
         self.exhausted = bool(state.get("exhausted", False))
         self.groups = {}
         for row in state["groups"]:
-            members = [Member(**m) for m in row["members"]]
+            members = [Member(**{**m, "routes": routes.from_json(m.get("routes"))}) for m in row["members"]]
             self.groups[row["id"]] = Group(row["id"], PromptRecord(**row["record"]), list(row["prompt"]),
                                            int(row["born"]), members)

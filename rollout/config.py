@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from rollout.numerics import EngineNumerics
+
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
@@ -20,6 +22,14 @@ class RolloutConfig:
     queue_size: int = 256  # Ray trajectory queue capacity (back-pressure on the workers)
     reward_workers: int = 4  # threads scoring complete groups while generation goes on
     reward_timeout_s: float = 60.0  # seconds one reward call may run (from its start) before it scores 0, counted
+    zero_mismatch: bool = False  # embedded engine: log-probs bit-equal to the trainer's (rollout.zero_mismatch); slower
+    numerics: EngineNumerics = EngineNumerics()  # embedded engine: controlled mismatch (dtype, fp8, MoE kernel, noise)
+
+    @property
+    def records_routing(self) -> bool:
+        """Whether the engine returns routing records (router replay needs them): the embedded engine always,
+        SGLang when started with `rollout.sglang.return_routed_experts: true`."""
+        return self.engine == "jax" or bool(self.sglang.get("return_routed_experts", False))
 
     def __post_init__(self):
         if self.mode not in ("c3po++", "sync"):
@@ -28,6 +38,9 @@ class RolloutConfig:
             raise ValueError(f"rollout.engine={self.engine!r} is not 'jax' or 'sglang'")
         if self.sglang and self.engine != "sglang":
             raise ValueError("rollout.sglang settings are given but rollout.engine is not 'sglang'")
+        if self.engine == "sglang" and not self.numerics.is_default:
+            raise ValueError(f"rollout.numerics ({self.numerics.describe()}) applies to the embedded engine only; "
+                             f"rollout.engine is 'sglang' (set its precision with rollout.sglang.dtype)")
         if "model_path" in self.sglang:
             raise ValueError("rollout.sglang.model_path is set by the trainer (it exports the starting model)")
         for name in ("omega", "slots", "workers"):

@@ -30,6 +30,7 @@ import ray
 
 from ringjax.model import LingConfig
 from rollout.jax_engine import JaxEngine
+from rollout.numerics import EngineNumerics
 from rollout.types import Engine, Output, Request
 from rollout.weights import model_from_flat
 
@@ -49,12 +50,13 @@ class JaxEngineFactory:
     decode_chunk: int = 8
     seed: int = 0
     version: int = 0
+    numerics: EngineNumerics = EngineNumerics()  # the engine's controlled mismatch (rollout.numerics)
 
     def __call__(self, worker_id: int = 0) -> JaxEngine:
         weights = ray.get(self.weights) if isinstance(self.weights, ray.ObjectRef) else self.weights
         seed = int(np.random.SeedSequence([self.seed, worker_id]).generate_state(1)[0])
         return JaxEngine(model_from_flat(self.config, weights), slots=self.slots, max_context=self.max_context,
-                         decode_chunk=self.decode_chunk, seed=seed, version=self.version)
+                         decode_chunk=self.decode_chunk, seed=seed, version=self.version, numerics=self.numerics)
 
 
 @dataclasses.dataclass(frozen=True)

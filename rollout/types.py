@@ -14,6 +14,10 @@ Engines are poll-driven and single-threaded from the caller's side:
   (`finish="abort"`), so no generated token is lost;
 - `update_weights(weights, version)` swaps the policy; tokens sampled afterwards carry `version`.
 
+Engines that can (the embedded JAX engine) also return routing records (`rollout.routes`): `routes` [n, L, X], the
+experts of each MoE layer at the position that produced each token of this call, and `context_routes` [C - 1, L, X]
+for the context they prefilled (prompt + `generated`, without its last token, which the first decode step feeds).
+
 `finish` values: "stop" (sampled a stop id, which is kept as the last token), "length" (reached
 `sampling.max_tokens` response tokens in total, `generated` included), "abort", "error" (`error` says why; the
 request produced no tokens).
@@ -72,6 +76,8 @@ class Output:
     versions: np.ndarray  # int32, policy version of each token
     finish: Finish
     error: str | None = None
+    routes: np.ndarray | None = None  # [n L X] expert ids that produced each token (engines that record routing)
+    context_routes: np.ndarray | None = None  # [C-1 L X] expert ids of the prefilled context
 
     def __post_init__(self):
         object.__setattr__(self, "tokens", np.asarray(self.tokens, np.int32).reshape(-1))
@@ -80,6 +86,8 @@ class Output:
         if not len(self.tokens) == len(self.logprobs) == len(self.versions):
             raise ValueError(f"output {self.id}: {len(self.tokens)} tokens, {len(self.logprobs)} log-probs and "
                              f"{len(self.versions)} versions")
+        if self.routes is not None and len(self.routes) != len(self.tokens):
+            raise ValueError(f"output {self.id}: {len(self.routes)} routing rows for {len(self.tokens)} tokens")
 
     @classmethod
     def failed(cls, request_id: str, error: str) -> Output:

@@ -54,3 +54,19 @@ def test_sandbox_bench_reports_runs_and_rewards(tmp_path):
     assert [(r["workers"], r["failed"]) for r in summary["results"]] == [(1, 0), (2, 0)]
     assert [(r["workers"], r["failed"]) for r in summary["rewards"]] == [(1, 0), (2, 0)]  # every reward scored 1
     assert set(summary["code_reward_per_s"]) == {"w1", "w2"} and summary["median_start_latency_s"] > 0
+
+
+def test_mismatch_sources_measures_every_source(tmp_path):
+    """The baseline engine matches the trainer to float32 rounding; a perturbed one does not; SGLang is reported
+    skipped in --smoke."""
+    bench = _load("mismatch_sources")
+    out = tmp_path / "mismatch.json"
+    summary = bench.main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text())["table"] == summary["table"]
+    assert list(summary["table"]) == ["fp32", "moe=dense", "bf16", "fp8 block32", "noise 0.1", "sglang"]
+    rows = {r["source"]: r for r in summary["sources"]}
+    assert all(0 < r["tokens"] <= 8 * 8 for name, r in rows.items() if name != "sglang")  # 8 prompts, 8 tokens
+    # the same numerics on both sides: float32 rounding (~1e-6), far below every perturbed source
+    assert rows["fp32"]["logp_diff_max"] < 1e-3 and rows["fp32"]["routing_disagree"] == 0.0
+    assert rows["noise 0.1"]["logp_diff_mean"] > rows["fp32"]["logp_diff_mean"]
+    assert "skipped" in rows["sglang"]

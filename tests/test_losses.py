@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from ringjax.losses import (ADVANTAGES, AGGREGATIONS, CORRECTIONS, LossConfig, compute_advantages, grpo_advantages,
                             grpo_advantages_flat, icepop_weight, policy_loss, token_advantages)
 from ringjax.losses.aggregation import batch_weights, sequence_ids
+from ringjax.losses.correction import BERNOULLI_EPS, binary_kl, train_inference_ratio
 from ringjax.losses.config import Advantage, Aggregation, Correction
 from ringjax.trainer import Response, assemble_step, pack_micro_batches
 from ringjax.trainer.batch import stack_micro_batches
 
 TOL = 1e-5  # fp32
-MODES = ["none", "tis", "icepop", "icepop_seq"]
+MODES = ["none", "tis", "icepop", "icepop_seq", "kpop", "seq_mask"]
 NAN, INF = float("nan"), float("inf")
 
 
@@ -75,7 +76,7 @@ def _example():
                                                                                    jnp.asarray(ent, jnp.float32))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", list(C3PO_LOSS))
 def test_hand_example_loss_metrics_and_gradient(mode):
     logp, old, infer, adv, mask, ent = _example()
     cfg = LossConfig(correction=mode, aggregation="c3po")
@@ -141,6 +142,174 @@ def test_missing_optional_inputs_raise():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# kpop and seq_mask: hand-computed weights, losses, gradients, and the would-be mask metrics of every mode
+
+
+def _bernoulli_kl(p, q, eps=1e-8):
+    """KL(Bernoulli(p) || Bernoulli(q)) in float64, p and q clamped to [eps, 1 - eps]."""
+    p, q = min(max(p, eps), 1 - eps), min(max(q, eps), 1 - eps)
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def _binary_kl(p, q):
+    return max(_bernoulli_kl(p, q), _bernoulli_kl(q, p))
+
+
+def _batch(logp_old, logp_infer, shape):
+    """[rows, S] arrays of the given per-row log-probs, padding filled with garbage; A = 1 and r = 1 on valid tokens."""
+    old, infer, adv = np.full(shape, NAN), np.full(shape, -INF), np.full(shape, NAN)
+    mask = np.zeros(shape, bool)
+    for b, (lo, li) in enumerate(zip(logp_old, logp_infer)):
+        n = len(lo)
+        old[b, :n], infer[b, :n], adv[b, :n], mask[b, :n] = lo, li, 1.0, True
+    old, infer, adv = (jnp.asarray(x, jnp.float32) for x in (old, infer, adv))
+    return old, old, infer, adv, jnp.asarray(mask)  # logp = logp_old: r = 1
+
+
+# (p = pi_old, q = pi_infer) per token; row 0 and row 1 are one sequence each.
+#   row 0 t0   0.5  / 0.45    k = 1.11   binary KL 0.0050   kept, weight k
+#   row 0 t1   0.99 / 0.9     k = 1.1    binary KL 0.1445   MASKED although IcePop keeps it (k in [0.5, 5])
+#   row 1 t0   1e-3 / 1e-4    k = 10     binary KL 0.0014   kept, weight 10, although IcePop masks it (k > 5)
+#   row 1 t1   1e-4 / 1e-3    k = 0.1    binary KL 0.0014   kept, weight 0.1, although IcePop masks it (k < 0.5)
+#   row 1 t2   1    / e^-30   k = e^30   binary KL 18.42    masked (p and q clamped to [1e-8, 1 - 1e-8])
+KPOP_P = [[0.5, 0.99], [1e-3, 1e-4, 1.0]]
+KPOP_Q = [[0.45, 0.9], [1e-4, 1e-3, math.exp(-30.0)]]
+
+
+def test_bernoulli_kl_by_hand():
+    assert _bernoulli_kl(0.99, 0.9) == pytest.approx(0.99 * math.log(1.1) + 0.01 * math.log(0.1))
+    assert _binary_kl(0.99, 0.9) == pytest.approx(0.9 * math.log(0.9 / 0.99) + 0.1 * math.log(10.0))  # 0.1445
+    assert _binary_kl(1e-3, 1e-4) == pytest.approx(1e-3 * math.log(10.0) + 0.999 * math.log(0.999 / 0.9999))
+    p = [x for row in KPOP_P for x in row]
+    q = [x for row in KPOP_Q for x in row]
+    got = binary_kl(jnp.log(jnp.asarray(p, jnp.float32)), jnp.log(jnp.asarray(q, jnp.float32)))
+    np.testing.assert_allclose(np.asarray(got), [_binary_kl(a, b) for a, b in zip(p, q)], rtol=1e-4)
+    assert BERNOULLI_EPS == 1e-8
+    ones = jnp.zeros(3)  # p = q = 1: both clamped to 1 - 1e-8, which float32 cannot hold as a probability
+    np.testing.assert_array_equal(np.asarray(binary_kl(ones, ones)), 0.0)
+
+
+def _kpop_batch():
+    return _batch([[math.log(x) for x in row] for row in KPOP_P], [[math.log(x) for x in row] for row in KPOP_Q],
+                  (2, 4))
+
+
+def test_kpop_weights_loss_and_gradient():
+    logp, old, infer, adv, mask = _kpop_batch()
+    seq = sequence_ids(mask)
+    k = np.asarray(train_inference_ratio(old, infer))
+    weight = np.asarray(CORRECTIONS["kpop"](old, infer, mask, seq, LossConfig(correction="kpop")))
+    kept = [(0, 0, 0.5 / 0.45), (1, 0, 10.0), (1, 1, 0.1)]
+    for b, t, k_hand in kept:
+        assert k[b, t] == pytest.approx(k_hand, rel=1e-5) and weight[b, t] == k[b, t]
+    assert weight[0, 1] == 0.0 and weight[1, 2] == 0.0
+    icepop = np.asarray(CORRECTIONS["icepop"](old, infer, mask, seq, LossConfig()))
+    assert icepop[0, 1] == k[0, 1] and icepop[1, 0] == 0.0 and icepop[1, 1] == 0.0  # the opposite decisions
+
+    cfg = LossConfig(correction="kpop", aggregation="c3po")
+    (loss, m), grad = jax.value_and_grad(lambda lp: policy_loss(lp, old, infer, adv, mask, cfg, phi=10.0),
+                                         has_aux=True)(logp)
+    assert float(loss) == pytest.approx(-(0.5 / 0.45 + 10.0 + 0.1) / 10.0, rel=1e-5)
+    want = -np.array([[0.5 / 0.45, 0, 0, 0], [10.0, 0.1, 0, 0]]) / 10.0  # d/d logp = -w r A / phi; 0 where masked
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-5, atol=1e-7)
+    assert grad[0, 1] == 0.0 and grad[1, 2] == 0.0
+    assert float(m["correction_zero_frac"]) == pytest.approx(2 / 5)
+
+
+def test_kpop_bound_moves_the_cut():
+    """The 0.99 -> 0.9 token (binary KL 0.1445) is kept once kpop_bound is above its divergence."""
+    _, old, infer, _, mask = _kpop_batch()
+    seq = sequence_ids(mask)
+    k = np.asarray(train_inference_ratio(old, infer))
+    for bound, kept in ((0.14, False), (0.15, True)):
+        w = np.asarray(CORRECTIONS["kpop"](old, infer, mask, seq, LossConfig(correction="kpop", kpop_bound=bound)))
+        assert (w[0, 1] == k[0, 1]) if kept else (w[0, 1] == 0.0)
+        assert w[1, 2] == 0.0  # binary KL 18.4 stays masked
+
+
+# seq_mask: one row with two packed sequences (segment ids 1 and 2, 0 on padding) and an all-padding row; sequence 2
+# also owns a masked token holding garbage (as a prompt token of a packed response would), which must not count.
+#   sequence 1: log k = [0.2, -1.5, 0.1]   max |log k| = 1.5 > seq_bound 1 -> every token weight 0
+#   sequence 2: log k = [0.5, -0.9, 0.0]   max |log k| = 0.9             -> kept, weights k = [e^0.5, e^-0.9, 1]
+SEQ_OLD = [-1.0, -2.0, -0.5, -0.7, -3.0, -1.5]
+SEQ_LOG_K = [0.2, -1.5, 0.1, 0.5, -0.9, 0.0]
+
+
+def _seq_batch():
+    logp, old, infer, adv, mask = _batch([SEQ_OLD], [[o - lk for o, lk in zip(SEQ_OLD, SEQ_LOG_K)]], (2, 8))
+    segment_ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0], [0] * 8], jnp.int32)
+    return logp, old, infer, adv, mask, segment_ids
+
+
+def test_seq_mask_drops_whole_sequences():
+    logp, old, infer, adv, mask, segment_ids = _seq_batch()
+    kept = [math.exp(x) for x in SEQ_LOG_K[3:]]
+    weight = CORRECTIONS["seq_mask"](old, infer, mask, sequence_ids(mask, segment_ids), LossConfig())
+    np.testing.assert_allclose(np.asarray(weight)[0, :6], [0.0, 0.0, 0.0] + kept, rtol=1e-6)
+    assert np.all(np.asarray(weight)[0, :3] == 0.0)
+
+    cfg = LossConfig(correction="seq_mask", aggregation="c3po")
+    (loss, m), grad = jax.value_and_grad(
+        lambda lp: policy_loss(lp, old, infer, adv, mask, cfg, phi=10.0, segment_ids=segment_ids), has_aux=True)(logp)
+    assert float(loss) == pytest.approx(-sum(kept) / 10.0, rel=1e-6)
+    want = np.zeros((2, 8))
+    want[0, 3:6] = [-x / 10.0 for x in kept]
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-6, atol=0)
+    assert np.all(np.asarray(grad)[0, :3] == 0.0)
+    assert float(m["correction_zero_frac"]) == pytest.approx(0.5)
+
+    # a bound above 1.5 keeps sequence 1 too; without segment ids row 0 is ONE sequence, dropped as a whole
+    loose = CORRECTIONS["seq_mask"](old, infer, mask, sequence_ids(mask, segment_ids), LossConfig(seq_bound=1.6))
+    np.testing.assert_allclose(np.asarray(loose)[0, :6], np.exp(SEQ_LOG_K), rtol=1e-6)
+    unpacked = CORRECTIONS["seq_mask"](old, infer, mask, sequence_ids(mask), LossConfig())
+    assert np.all(np.asarray(unpacked)[0, :6] == 0.0)
+    # a NaN log-prob on a VALID token rejects its sequence (as IcePop masks a NaN k)
+    nan_old = old.at[0, 4].set(NAN)
+    rejected = CORRECTIONS["seq_mask"](nan_old, infer, mask, sequence_ids(mask, segment_ids), LossConfig(seq_bound=1.6))
+    np.testing.assert_allclose(np.asarray(rejected)[0, :6], np.exp(SEQ_LOG_K[:3]).tolist() + [0.0] * 3, rtol=1e-6)
+
+
+def _expected_mismatch_metrics(p, q, seqs, cfg):
+    """The would-be mask metrics by hand: p, q per valid token, seqs = lists of token indices, one per sequence."""
+    log_k = [math.log(a / b) for a, b in zip(p, q)]
+    kl = [_binary_kl(a, b) for a, b in zip(p, q)]
+    dropped = [s for s in seqs if max(abs(log_k[t]) for t in s) > cfg.seq_bound]
+    n = len(p)
+    return {"icepop_masked_frac": sum(not cfg.alpha <= math.exp(x) <= cfg.beta for x in log_k) / n,
+            "kpop_masked_frac": sum(x > cfg.kpop_bound for x in kl) / n,
+            "seq_masked_frac": sum(len(s) for s in dropped) / n, "seq_masked_seqs": float(len(dropped)),
+            "num_seqs": float(len(seqs)), "binary_kl_max": max(kl), "binary_kl_mean": sum(kl) / n}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_would_be_mask_metrics_in_every_mode(mode):
+    """Whatever the correction, every run logs what icepop, kpop and seq_mask would mask; garbage on padding."""
+    cfg = LossConfig(correction=mode, aggregation="token_mean")
+
+    # kpop inputs: icepop would mask 3 of 5 (k = 10, 0.1, e^30), kpop 2 (0.99 -> 0.9 and 1 -> e^-30), seq_mask row 1
+    logp, old, infer, adv, mask = _kpop_batch()
+    _, m = policy_loss(logp, old, infer, adv, mask, cfg)
+    p, q = [x for row in KPOP_P for x in row], [x for row in KPOP_Q for x in row]
+    expected = _expected_mismatch_metrics(p, q, [[0, 1], [2, 3, 4]], cfg)
+    assert expected["icepop_masked_frac"] == 3 / 5 and expected["kpop_masked_frac"] == 2 / 5
+    assert expected["seq_masked_frac"] == 3 / 5 and expected["seq_masked_seqs"] == 1 and expected["num_seqs"] == 2
+    for name, value in expected.items():
+        assert float(m[name]) == pytest.approx(value, rel=1e-4, abs=1e-7), name
+
+    # seq_mask inputs: two packed sequences in row 0, an empty row 1
+    logp, old, infer, adv, mask, segment_ids = _seq_batch()
+    _, m = policy_loss(logp, old, infer, adv, mask, cfg, segment_ids=segment_ids)
+    p = [math.exp(o) for o in SEQ_OLD]
+    q = [math.exp(o - lk) for o, lk in zip(SEQ_OLD, SEQ_LOG_K)]
+    expected = _expected_mismatch_metrics(p, q, [[0, 1, 2], [3, 4, 5]], cfg)
+    assert expected["icepop_masked_frac"] == 2 / 6  # k = e^-1.5 and e^-0.9 < 0.5
+    assert expected["seq_masked_frac"] == 0.5 and expected["seq_masked_seqs"] == 1 and expected["num_seqs"] == 2
+    for name, value in expected.items():
+        assert float(m[name]) == pytest.approx(value, rel=1e-4, abs=1e-7), name
+    assert all(np.isfinite(float(v)) for v in m.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # properties
 
 @settings(max_examples=200, deadline=None)
@@ -155,8 +324,10 @@ def test_icepop_weight_keeps_exactly_the_band(data):
     expected = np.where(keep, k, np.float32(0))
     np.testing.assert_array_equal(np.asarray(icepop_weight(jnp.asarray(k), alpha, beta)), expected)
     cfg = LossConfig(alpha=alpha, beta=beta)
-    via_registry = CORRECTIONS["icepop"](jnp.asarray(k)[None], jnp.ones((1, k.size), bool), None, cfg)
-    np.testing.assert_array_equal(np.asarray(via_registry)[0], expected)
+    log_k, zeros = jnp.log(jnp.asarray(k))[None], jnp.zeros((1, k.size))
+    seq = sequence_ids(jnp.ones((1, k.size), bool))
+    via_registry = CORRECTIONS["icepop"](log_k, zeros, jnp.ones((1, k.size), bool), seq, cfg)
+    np.testing.assert_array_equal(np.asarray(via_registry), icepop_weight(jnp.exp(log_k), alpha, beta))
 
 
 B, S = 3, 5
@@ -281,10 +452,21 @@ def test_c3po_divides_by_phi_not_token_count(n_valid):
     ({"advantage": "rloo"}, "advantage"),
     ({"eps_low": 1.0}, "eps_low"), ({"eps_high": -0.1}, "eps_high"), ({"tis_cap": 0.0}, "tis_cap"),
     ({"adv_eps": float("nan")}, "adv_eps"),
+    ({"kpop_bound": 0.0}, "kpop_bound"), ({"kpop_bound": -1.0}, "kpop_bound"), ({"kpop_bound": INF}, "kpop_bound"),
+    ({"kpop_bound": NAN}, "kpop_bound"), ({"seq_bound": 0.0}, "seq_bound"), ({"seq_bound": -0.5}, "seq_bound"),
+    ({"seq_bound": INF}, "seq_bound"), ({"seq_bound": NAN}, "seq_bound"),
 ])
 def test_bad_config_raises_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LossConfig(**kwargs)
+
+
+def test_bad_bound_error_names_the_key_and_value():
+    with pytest.raises(ValueError, match=r"loss\.kpop_bound=-1\.0 must be > 0"):
+        LossConfig(kpop_bound=-1.0)
+    with pytest.raises(ValueError, match=r"loss\.seq_bound=0\.0 must be > 0"):
+        LossConfig(correction="seq_mask", seq_bound=0.0)
+    assert LossConfig().kpop_bound == 0.05 and LossConfig().seq_bound == 1.0
 
 
 def test_phi_is_the_steps_and_only_c3po_needs_it():

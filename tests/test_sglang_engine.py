@@ -5,13 +5,19 @@ must equal ringjax's `token_logprobs(..., temperature=T)` of the same tokens wit
 top-p truncation). tiny-v2's routed_scaling_factor of 2.5 needs the CPU MoE fix, which the engine's launcher
 applies (rollout/sglang/_server_main.py). One server serves most tests (module fixture, ~20 s to start); a second one,
 whose distributed weight sync cannot start (NCCL on a CPU), checks the disk fallback and is then killed
-mid-generation.
+mid-generation; a third one returns routing records (with the CPU fix its launcher applies for them).
 """
 
+import base64
+import collections
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +36,8 @@ if not sglang_available():
     pytest.skip("SGLang is not installed: run scripts/install_sglang_cpu.sh", allow_module_level=True)
 
 from rollout.sglang.engine import SGLangConfig, SGLangEngine, SGLangServerError  # noqa: E402 (needs aiohttp)
+from rollout.sglang.generate import split_routes  # noqa: E402
+from rollout.types import Output  # noqa: E402
 from rollout.weights import flat_key, model_from_flat  # noqa: E402
 
 pytestmark = pytest.mark.sglang
@@ -324,3 +332,101 @@ def test_rl_loop_generates_with_sglang_and_syncs_its_weights(tmp_path, monkeypat
     for h in result.history:
         assert h["logp_diff_max"] < 1e-3, h["logp_diff_max"]
     assert result.history[1]["grad_norm"] > 0
+
+
+def _routed_reply(ids):
+    """A /generate reply body carrying `ids` the way SGLang's detokenizer sends them: base64 of int32 bytes."""
+    return {"meta_info": {"routed_experts": base64.b64encode(np.asarray(ids, np.int32).tobytes()).decode()}}
+
+
+def test_split_routes_drops_dense_layers_and_splits_context_from_output():
+    """tiny-v2: 3 layers, the first dense (SGLang sends zeros for it), top-2 of 8 experts. A call with a context of
+    C = 4 ids (prompt 3 + generated 1) that produced n = 3 tokens fed positions 0..5: rows 0..2 are the context
+    minus its last id, rows 3..5 produced the 3 tokens."""
+    cfg = ringjax.preset("tiny-v2")
+    moe = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 0]], [[0, 1], [2, 3]],
+                    [[4, 5], [6, 7]], [[7, 6], [5, 4]], [[3, 2], [1, 0]]])  # [6 positions, 2 MoE layers, 2]
+    ids = np.concatenate([np.zeros((6, 1, 2), np.int32), moe], axis=1)  # + the dense layer's row: [6 3 2]
+    context_routes, routes = split_routes(_routed_reply(ids), 4, 3, cfg)
+    assert context_routes.dtype == routes.dtype == np.uint8
+    np.testing.assert_array_equal(context_routes, moe[:3])
+    np.testing.assert_array_equal(routes, moe[3:])
+    with pytest.raises(ValueError, match="expected 7 positions"):  # one token more than the record covers
+        split_routes(_routed_reply(ids), 4, 4, cfg)
+    with pytest.raises(ValueError, match="no meta_info.routed_experts"):
+        split_routes({"meta_info": {}}, 4, 3, cfg)
+    with pytest.raises(ValueError, match="outside"):
+        split_routes(_routed_reply(np.where(ids == 7, 8, ids)), 4, 3, cfg)
+    # the engine keeps the tokens of a reply whose record is unusable, without a record, and counts it
+    engine = types.SimpleNamespace(stats=collections.Counter(), model_config=cfg)
+    request = Request("r", np.array([1, 2, 3]), generated=np.array([4]))
+    out = Output("r", [5, 6, 7], [-1.0, -2.0, -3.0], [0, 0, 0], "length")
+    good = SGLangEngine._with_routes(engine, out, request, _routed_reply(ids))
+    np.testing.assert_array_equal(good.routes, moe[3:])
+    np.testing.assert_array_equal(good.context_routes, moe[:3])
+    bad = SGLangEngine._with_routes(engine, out, request, _routed_reply(ids[:5]))
+    assert bad.routes is None and bad.context_routes is None and len(bad.tokens) == 3
+    assert engine.stats["routes_missing"] == 1
+
+
+def test_routing_records_on_cpu_are_the_models_own_top_k(tiny):
+    """A CPU server with `return_routed_experts` (its launcher applies `patch_routed_experts_host_cache_on_cpu`)
+    returns, for every position it fed, the experts ringjax's own forward chooses there: greedy requests and one
+    continuation (C = prompt + 4 generated ids), compared with `Ling(prompt + generated + output).aux.experts` as
+    sets per position and MoE layer. tiny-v2's first layer is dense: its all-zero rows must be the ones dropped,
+    else the records would not match. A float32 near-tie may flip between the two implementations, nothing more."""
+    cfg, model, *_ = tiny
+    moe_layers, k = cfg.num_hidden_layers - cfg.first_k_dense_replace, cfg.num_experts_per_tok
+    assert cfg.first_k_dense_replace >= 1 and moe_layers >= 2
+    requests = _greedy_requests("r") + [Request("rc", np.array(PROMPTS[1]), SamplingParams(temperature=0.0,
+                                                max_tokens=10), generated=np.array([60, 61, 62, 63]))]
+    with SGLangEngine(_config(tiny[-1], return_routed_experts=True), env=engine_env()) as eng:
+        got = _run(eng, requests)
+    assert eng.stats["routes_missing"] == 0
+    agree, sets = [], set()
+    for r in requests:
+        o = got[r.id]
+        context = len(r.prompt) + len(r.generated)
+        assert o.error is None and len(o.tokens) == r.remaining
+        assert o.routes.shape == (len(o.tokens), moe_layers, k) and o.routes.dtype == np.uint8
+        assert o.context_routes.shape == (context - 1, moe_layers, k)
+        record = np.concatenate([o.context_routes, o.routes])  # positions 0 .. C + n - 2
+        sequence = np.concatenate([r.prompt, r.generated, o.tokens]).astype(np.int32)
+        own = np.asarray(model(jnp.asarray(sequence[None])).aux.experts)[:, 0, :-1]  # [L S-1 X]: last never fed
+        agree.append(np.all(np.sort(np.moveaxis(own, 0, 1), -1) == np.sort(record, -1), axis=-1).ravel())
+        sets.update(map(tuple, np.sort(record, -1).reshape(-1, k).tolist()))
+    agree = np.concatenate(agree)
+    print(f"routing agreement {agree.mean():.4f} over {agree.size} (position, MoE layer) rows")
+    assert agree.size > 100 and agree.mean() >= 0.97, agree.mean()
+    assert len(sets) >= 10  # a sharp comparison: the tokens use many of the 28 expert pairs
+
+
+def test_routed_experts_host_cache_needs_the_cpu_fix():
+    """Without the fix, the routed-experts host cache that a CPU server allocates at start cannot be built on a
+    machine without CUDA (CUDA host registration): the server would die while it starts. With it, the cache is a
+    plain zeroed host buffer. Only the "cpu" entry of SGLang's allocation table changes."""
+    script = """if True:
+        import traceback
+        import torch
+        print("CUDA", torch.cuda.is_available())
+        from sglang.srt.mem_cache.pool_host import common
+        from sglang.srt.state_capturer.base import BaseHostCache
+        from rollout.sglang.cpu_fix import patch_routed_experts_host_cache_on_cpu
+        try:
+            BaseHostCache(5, 3, 2, "routed_experts", "cpu")
+            print("UNPATCHED OK")
+        except Exception:
+            print("UNPATCHED FAILED", traceback.format_exc())
+        patch_routed_experts_host_cache_on_cpu()
+        patch_routed_experts_host_cache_on_cpu()  # idempotent
+        cache = BaseHostCache(5, 3, 2, "routed_experts", "cpu")
+        print("PATCHED", tuple(cache.buffer.shape), str(cache.buffer.dtype), int(cache.buffer.abs().sum()))
+        print("CUDA ENTRY", common.ALLOC_MEMORY_FUNCS["cuda"] is common.alloc_with_host_register)
+    """
+    env = engine_env()
+    env["PYTHONWARNINGS"] = "ignore"  # SGLang's import-time warnings about quantisation kernels, not our subject
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if "CUDA False" in out.stdout:  # the machines this suite runs on; with CUDA, registration works unpatched
+        assert re.search(r"(?s)UNPATCHED FAILED.*_cuda_host_register.*NVIDIA driver", out.stdout), out.stdout[-3000:]
+    assert "PATCHED (5, 3, 2) torch.int32 0" in out.stdout and "CUDA ENTRY True" in out.stdout, out.stdout[-3000:]

@@ -7,6 +7,8 @@ agg(x) = sum over valid tokens of the aggregation's token weight * x (`aggregati
 The KL and entropy terms cover every valid token (the correction weight only gates the policy-gradient term).
 Inputs on padding are replaced by 0 before any arithmetic, so NaN / inf garbage there changes neither the loss
 nor the gradient, which is exactly 0 at padding.
+Whatever `cfg.correction`, the metrics report what each masking rule WOULD mask (`icepop_masked_frac`,
+`kpop_masked_frac`, `seq_masked_frac`), so that every run shows how much the mismatch corrections would act.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ringjax.losses.aggregation import batch_weights, masked_mean, sequence_ids
+from ringjax.losses.aggregation import batch_weights, masked_mean, sequence_ids, sequence_sum
 from ringjax.losses.config import LossConfig
-from ringjax.losses.correction import CORRECTIONS, in_band, train_inference_ratio
+from ringjax.losses.correction import CORRECTIONS, binary_kl, in_band, kpop_keep, seq_keep, train_inference_ratio
 from ringjax.typing import Array, Bool, Float, Int
 
 
@@ -54,6 +56,12 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
     token_weights: the aggregation's per-token weights; None: `cfg.aggregation`'s weights with this batch as the
       whole step (`batch_weights`). The trainer passes those of the WHOLE step (`ringjax.trainer.batch.step_weights`)
       so that micro-batch losses add up exactly to the step's loss whatever the aggregation.
+
+    Mismatch metrics, whatever `cfg.correction` (fractions are of this batch's valid tokens):
+    `icepop_masked_frac` (k outside [alpha, beta]), `kpop_masked_frac` (binary KL > kpop_bound),
+    `seq_masked_frac` (tokens of sequences whose max |log k| > seq_bound), `seq_masked_seqs` / `num_seqs` (number
+    of such sequences / of sequences with valid tokens: additive over micro-batches), `binary_kl_max` /
+    `binary_kl_mean` (of max(KL(p||q), KL(q||p)) over valid tokens), `correction_zero_frac` (weight 0 in this mode).
     """
     valid = mask.astype(bool)
 
@@ -71,16 +79,26 @@ def policy_loss(logp: Float[Array, "B S"], logp_old: Float[Array, "B S"], logp_i
         return jnp.sum(jnp.where(valid, x * weights, 0.0))
 
     k = train_inference_ratio(logp_old, logp_infer)  # [B S]
-    weight = CORRECTIONS[cfg.correction](k, valid, seq, cfg)  # [B S]
+    weight = CORRECTIONS[cfg.correction](logp_old, logp_infer, valid, seq, cfg)  # [B S]
     term, ratio, is_clipped = ppo_clipped_term(logp, logp_old, adv, cfg.eps_low, cfg.eps_high)
     pg_loss = -aggregate(weight * term)
     loss = pg_loss
 
     out_of_band = valid & ~in_band(k, cfg.alpha, cfg.beta)
     diff = jnp.abs(logp_old - logp_infer)  # 0 on padding
+    kl_bin = jnp.where(valid, binary_kl(logp_old, logp_infer), 0.0)  # [B S]
+    kpop_out = valid & ~kpop_keep(logp_old, logp_infer, cfg.kpop_bound)
+    has_tokens = sequence_sum(valid.astype(jnp.float32), seq) > 0  # [Q]
+    seq_out = has_tokens & ~seq_keep(logp_old, logp_infer, valid, seq, cfg.seq_bound)  # [Q]
     metrics = {
         "pg_loss": pg_loss,
         "icepop_masked_frac": masked_mean(out_of_band.astype(jnp.float32), valid),
+        "kpop_masked_frac": masked_mean(kpop_out.astype(jnp.float32), valid),
+        "seq_masked_frac": masked_mean(seq_out[seq].astype(jnp.float32), valid),
+        "seq_masked_seqs": jnp.sum(seq_out).astype(jnp.float32),
+        "num_seqs": jnp.sum(has_tokens).astype(jnp.float32),
+        "binary_kl_max": jnp.max(kl_bin),
+        "binary_kl_mean": masked_mean(kl_bin, valid),
         "correction_zero_frac": masked_mean((weight == 0).astype(jnp.float32), valid),
         "logp_diff_mean": masked_mean(diff, valid),
         "logp_diff_max": jnp.max(diff),

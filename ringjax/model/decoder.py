@@ -69,23 +69,32 @@ def layer_spec(cfg: LingConfig, moe: bool) -> dict[str, ParamSpec]:
 
 
 class LayerAux(NamedTuple):
+    """Per-layer router statistics and expert ids, stacked over a stack's layers (ids [L B S X]; X = 0 for a dense
+    stack)."""
+
     load_balance: Float[Array, " L"]
     z_loss: Float[Array, " L"]
+    experts: Int[Array, "L B S X"]  # experts each token used (the replayed ones under router replay)
+    chosen: Int[Array, "L B S X"]  # the router's own top-k (equal to `experts` without replay)
 
 
 def decoder_layer(x: Float[Array, "B S H"], p: dict[str, Array], positions: Int[Array, "B S"],
                   rope: tuple[Array, Array], segment_ids: Int[Array, "B S"] | None, cache: dict | None,
-                  cfg: LingConfig, moe: bool) -> tuple[Float[Array, "B S H"], dict | None, LayerAux]:
+                  cfg: LingConfig, moe: bool, replay: Int[Array, "B S X"] | None = None
+                  ) -> tuple[Float[Array, "B S H"], dict | None, LayerAux]:
     eps = cfg.rms_norm_eps
     attn_out, cache = attention(p, rms_norm(x, p["attn_norm"], eps), positions, rope, segment_ids, cache, cfg)
     x = constrain(x + attn_out, ACT)
     h = rms_norm(x, p["mlp_norm"], eps)
+    b, s = x.shape[:2]
     if moe:
-        mlp_out, routing = moe_block(p, h, cfg)
-        aux = LayerAux(routing.load_balance, routing.z_loss)
+        mlp_out, routing = moe_block(p, h, cfg, replay)
+        aux = LayerAux(routing.load_balance, routing.z_loss, routing.experts.reshape(b, s, -1),
+                       routing.chosen.reshape(b, s, -1))
     else:
         mlp_out = swiglu(h, p["mlp_wg"], p["mlp_wu"], p["mlp_wd"])
-        aux = LayerAux(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        none = jnp.zeros((b, s, 0), jnp.int32)
+        aux = LayerAux(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), none, none)
     return constrain(x + mlp_out, ACT), cache, aux
 
 
@@ -98,17 +107,19 @@ _POLICIES = {
 
 def run_stack(x: Float[Array, "B S H"], params: dict[str, Array], positions: Int[Array, "B S"],
               rope: tuple[Array, Array], segment_ids: Int[Array, "B S"] | None, cache: dict | None,
-              cfg: LingConfig, moe: bool) -> tuple[Float[Array, "B S H"], dict | None, LayerAux]:
-    """Scans `decoder_layer` over stacked parameters [L ...] (and a stacked cache [L B K G D])."""
+              cfg: LingConfig, moe: bool, replay: Int[Array, "L B S X"] | None = None
+              ) -> tuple[Float[Array, "B S H"], dict | None, LayerAux]:
+    """Scans `decoder_layer` over stacked parameters [L ...] (and a stacked cache [L B K G D], replayed expert ids
+    [L B S X])."""
 
     def body(carry, layer):
-        p, c = layer
-        y, c, aux = decoder_layer(carry, p, positions, rope, segment_ids, c, cfg, moe)
+        p, c, r = layer
+        y, c, aux = decoder_layer(carry, p, positions, rope, segment_ids, c, cfg, moe, r)
         return y, (c, aux)
 
     if cfg.compute.remat != "none":
         body = jax.checkpoint(body, policy=_POLICIES[cfg.compute.remat], prevent_cse=False)
-    x, (cache, aux) = jax.lax.scan(body, x, (params, cache))
+    x, (cache, aux) = jax.lax.scan(body, x, (params, cache, replay))
     return x, cache, aux
 
 

@@ -72,7 +72,7 @@ class ModelOutput(NamedTuple):
     hidden: Float[Array, "B S H"]  # after the final norm: feed to `logits` / `token_logprobs`
     residual: Float[Array, "B S H"]  # before the final norm (MTP input)
     cache: dict | None
-    aux: LayerAux  # per-MoE-layer router load-balance and z-loss
+    aux: LayerAux  # per-MoE-layer router load-balance, z-loss and expert ids [L_moe B S X]
 
 
 class Ling(nnx.Module):
@@ -89,9 +89,11 @@ class Ling(nnx.Module):
         self.mtp = MTP(cfg, rngs) if cfg.num_nextn_predict_layers else None
 
     def __call__(self, tokens: Int[Array, "B S"], positions: Int[Array, "B S"] | None = None,
-                 segment_ids: Int[Array, "B S"] | None = None, cache: dict | None = None) -> ModelOutput:
+                 segment_ids: Int[Array, "B S"] | None = None, cache: dict | None = None,
+                 routes: Int[Array, "B S L X"] | None = None) -> ModelOutput:
         """Runs the decoder. `positions` default to 0..S-1; `segment_ids` separate packed sequences;
-        with a `cache` (see `init_cache`) the tokens' keys/values are written at `positions`."""
+        with a `cache` (see `init_cache`) the tokens' keys/values are written at `positions`; `routes` replays
+        expert ids per token and MoE layer (router replay; a token with a negative id routes itself)."""
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
@@ -102,11 +104,16 @@ class Ling(nnx.Module):
             if stack is None:
                 continue
             c = None if cache is None else cache[key]
-            x, new_cache[key], aux = run_stack(x, stack.arrays(), positions, rope, segment_ids, c, cfg, stack.moe)
+            replay = None if routes is None or not stack.moe else jnp.moveaxis(routes, 2, 0)  # [L B S X]
+            x, new_cache[key], aux = run_stack(x, stack.arrays(), positions, rope, segment_ids, c, cfg, stack.moe,
+                                               replay)
             if stack.moe:
                 auxes.append(aux)
         hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
-        aux = auxes[0] if auxes else LayerAux(jnp.zeros((0,)), jnp.zeros((0,)))
+        if not auxes:
+            none = jnp.zeros((0,) + tokens.shape + (0,), jnp.int32)
+            auxes.append(LayerAux(jnp.zeros((0,)), jnp.zeros((0,)), none, none))
+        aux = auxes[0]
         return ModelOutput(hidden, x, None if cache is None else new_cache, aux)
 
     def head_weight(self) -> Float[Array, "V H"]:

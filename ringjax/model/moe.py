@@ -99,9 +99,13 @@ def _sharded_experts(x: Float[Array, "B S H"], routing: Routing, p: dict[str, An
     return fn(x, routing.weights, routing.experts, p["wg"], p["wu"], p["wd"])
 
 
-def moe_block(p: dict[str, Any], x: Float[Array, "B S H"], cfg: LingConfig) -> tuple[Float[Array, "B S H"], Routing]:
+def moe_block(p: dict[str, Any], x: Float[Array, "B S H"], cfg: LingConfig,
+              replay: Int[Array, "B S X"] | None = None) -> tuple[Float[Array, "B S H"], Routing]:
+    """`replay`: expert ids to use instead of the router's top-k (router replay; rows with a negative id route
+    themselves)."""
     b, s, h = x.shape
-    routing = route(x.reshape(b * s, h), p["router"], p.get("expert_bias"), cfg)
+    flat_replay = None if replay is None else replay.reshape(b * s, -1)
+    routing = route(x.reshape(b * s, h), p["router"], p.get("expert_bias"), cfg, flat_replay)
     impl = resolve_impl(cfg.compute.moe)
     if impl == "dense":
         out = dense_experts(x.reshape(b * s, h), routing.weights, routing.experts, p["wg"], p["wu"], p["wd"])

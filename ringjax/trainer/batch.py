@@ -29,13 +29,16 @@ def step_weights(micro_batches: Sequence[MicroBatch], aggregation: str, phi: flo
 
 
 def stack_micro_batches(micro_batches: Sequence[MicroBatch], aggregation: str, phi: float) -> dict[str, np.ndarray]:
-    """{field: [N, ...]} of the micro-batches plus `token_weights` (`step_weights`); all must share one shape."""
+    """{field: [N, ...]} of the micro-batches plus `token_weights` (`step_weights`); all must share one shape.
+    `routes` (engine expert ids, int16) is included when every micro-batch has it."""
     if not micro_batches:
         raise ValueError("no micro-batches")
     shapes = {mb.tokens.shape for mb in micro_batches}
     if len(shapes) != 1:
         raise ValueError(f"micro-batches of different shapes {sorted(shapes)}: pack them with one (rows, seq_len)")
-    fields = ("tokens", "positions", "segment_ids", "loss_mask", "logp_infer", "advantages")
+    fields = ("tokens", "positions", "segment_ids", "loss_mask", "logp_infer", "advantages", "versions")
+    if all(mb.routes is not None for mb in micro_batches):
+        fields += ("routes",)
     out = {f: np.stack([getattr(mb, f) for mb in micro_batches]) for f in fields}
     out["token_weights"] = np.stack(step_weights(micro_batches, aggregation, phi))
     return out

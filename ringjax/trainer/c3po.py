@@ -48,7 +48,8 @@ class Response:
 
     `advantage` may be None until computed (fill it with `dataclasses.replace`). `versions` is the policy version
     that sampled each token (C3PO++), or None. `offset` is the number of this rollout's response tokens that lie
-    before `tokens` (non-zero only for a cut tail, whose `prompt` then ends with those tokens).
+    before `tokens` (non-zero only for a cut tail, whose `prompt` then ends with those tokens). `routes` is the
+    engine's routing record of prompt + tokens (`rollout.routes`: [P + O - 1, L, X] expert ids), or None.
     """
 
     prompt_id: int | str
@@ -60,6 +61,7 @@ class Response:
     versions: Int[np.ndarray, " O"] | None = None
     group_id: int | str | None = None
     offset: int = 0
+    routes: np.ndarray | None = None
 
     def __post_init__(self):
         cast = {"prompt": np.int32, "tokens": np.int32, "logp_infer": np.float32, "versions": np.int32}
@@ -76,6 +78,9 @@ class Response:
             if value is not None and len(value) != n:
                 raise ValueError(f"response prompt_id={self.prompt_id!r}: {name} has {len(value)} entries for "
                                  f"{n} tokens")
+        if self.routes is not None and (self.routes.ndim != 3 or len(self.routes) != len(self.prompt) + n - 1):
+            raise ValueError(f"response prompt_id={self.prompt_id!r}: routing record of shape {self.routes.shape}, "
+                             f"expected [{len(self.prompt) + n - 1}, layers, top_k]")
 
     def __len__(self) -> int:
         """Number of response tokens."""
@@ -102,6 +107,8 @@ class MicroBatch(NamedTuple):
     advantages: Float[np.ndarray, "B S-1"]  # 0 where not masked
     seq_index: Int[np.ndarray, "B S-1"]  # index into StepBatch.responses; -1 where not masked
     response_len: Int[np.ndarray, "B S-1"]  # the step's token count of that response (per-sequence GRPO); 0 off mask
+    versions: Int[np.ndarray, "B S-1"]  # policy version that sampled the token; -1 where not masked or unknown
+    routes: Int[np.ndarray, "B S L X"] | None = None  # engine expert ids per position; -1 where unknown
 
 
 def response_tokens(responses: Sequence[Response]) -> int:
@@ -133,14 +140,18 @@ def split_response(response: Response, keep: int) -> tuple[Response, Response]:
         raise ValueError(f"keep={keep} must lie in (0, {len(response)}) for prompt_id={response.prompt_id!r}")
     v = response.versions
 
-    def part(sl: slice, prompt: np.ndarray, offset: int) -> Response:
+    routes = response.routes
+
+    def part(sl: slice, prompt: np.ndarray, offset: int, routes: np.ndarray | None) -> Response:
         return dataclasses.replace(response, prompt=prompt, tokens=response.tokens[sl],
                                    logp_infer=response.logp_infer[sl], versions=None if v is None else v[sl],
-                                   offset=offset)
+                                   offset=offset, routes=routes)
 
-    head = part(slice(None, keep), response.prompt, response.offset)
+    # the head's positions are a prefix of the record; the tail's prompt + tokens span the same positions as the whole
+    head = part(slice(None, keep), response.prompt, response.offset,
+                None if routes is None else routes[:len(response.prompt) + keep - 1])
     tail = part(slice(keep, None), np.concatenate([response.prompt, response.tokens[:keep]]),
-                response.offset + keep)
+                response.offset + keep, routes)
     return head, tail
 
 
@@ -188,11 +199,12 @@ def _place(lengths: Sequence[int], seq_len: int, packed: bool) -> list[list[int]
     return rows
 
 
-def _empty(rows: int, seq_len: int, pad_id: int) -> MicroBatch:
+def _empty(rows: int, seq_len: int, pad_id: int, route_shape: tuple[int, int] | None) -> MicroBatch:
     s, m = (rows, seq_len), (rows, seq_len - 1)
+    routes = None if route_shape is None else np.full(s + route_shape, -1, np.int16)
     return MicroBatch(np.full(s, pad_id, np.int32), np.zeros(s, np.int32), np.zeros(s, np.int32),
                       np.zeros(m, bool), np.zeros(m, np.float32), np.zeros(m, np.float32),
-                      np.full(m, -1, np.int32), np.zeros(m, np.int32))
+                      np.full(m, -1, np.int32), np.zeros(m, np.int32), np.full(m, -1, np.int32), routes)
 
 
 def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Response) -> int:
@@ -208,6 +220,10 @@ def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Resp
     mb.advantages[row, scored] = r.advantage
     mb.seq_index[row, scored] = index
     mb.response_len[row, scored] = n
+    if r.versions is not None:
+        mb.versions[row, scored] = r.versions
+    if mb.routes is not None and r.routes is not None:
+        mb.routes[row, col:col + len(r.routes)] = r.routes  # the last token was never fed: stays -1
     return end
 
 
@@ -217,6 +233,7 @@ def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool
 
     `packed` puts several sequences per row (first-fit, in order; separated by segment ids), otherwise one per row.
     The last micro-batch is filled with padding rows. Sum of `loss_mask` over all micro-batches is `step.phi`.
+    When any response has a routing record, every micro-batch gets `routes` (-1 where a response has none).
     Raises ValueError when a sequence (prompt + response) is longer than `seq_len`.
     """
     if rows < 1 or seq_len < 2:
@@ -227,9 +244,13 @@ def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool
             raise ValueError(f"sequence prompt_id={r.prompt_id!r} (prompt {len(r.prompt)} + response {len(r)} = "
                              f"{n} tokens) is longer than seq_len={seq_len}")
     placement = _place(lengths, seq_len, packed)
+    shapes = {r.routes.shape[1:] for r in step.responses if r.routes is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"routing records of different shapes {sorted(shapes)} in one step")
+    route_shape = next(iter(shapes), None)
     out = []
     for first in range(0, len(placement), rows):
-        mb = _empty(rows, seq_len, pad_id)
+        mb = _empty(rows, seq_len, pad_id, route_shape)
         for row, ids in enumerate(placement[first:first + rows]):
             col = 0
             for segment, i in enumerate(ids, start=1):

@@ -75,6 +75,7 @@ class RLConfig:
     seed: int = 0  # prompt order, sampling and the train state's RNG
     checkpoint_every: int = 0  # save a checkpoint every N steps (and after the last); 0: no checkpoints
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    router_replay: Literal["off", "replay"] = "off"  # replay: the train step uses the engine's experts (R3)
     loss: LossConfig = LossConfig()  # the RL objective: advantages, IcePop, aggregation, regularisers
     optim: OptimConfig = OptimConfig()  # AdamW of the policy
     rollout: RolloutConfig = RolloutConfig()  # engine, scheduler (C3PO++ or sync) and reward workers
@@ -103,6 +104,21 @@ class RLConfig:
             raise ValueError(f"rl.leftover={self.leftover!r} is not 'keep' or 'drop'")
         if self.checkpoint_every < 0:
             raise ValueError(f"rl.checkpoint_every={self.checkpoint_every} must be >= 0")
+        if self.router_replay is False:  # YAML reads a bare `off` as false
+            object.__setattr__(self, "router_replay", "off")
+        if self.router_replay not in ("off", "replay"):
+            raise ValueError(f"rl.router_replay={self.router_replay!r} is not 'off' or 'replay'")
+        if self.router_replay == "replay" and not self.rollout.records_routing:
+            raise ValueError("rl.router_replay=replay needs an engine that returns routing records: "
+                             "rl.rollout.engine=jax, or sglang with rl.rollout.sglang.return_routed_experts=true")
+        if self.rollout.zero_mismatch:
+            r = self.rollout
+            for bad, why in ((r.engine != "jax", f"rl.rollout.engine={r.engine!r} (needs 'jax')"),
+                             (r.workers != 0, f"rl.rollout.workers={r.workers} (needs 0: the engine in this process)"),
+                             (self.router_replay != "off", f"rl.router_replay={self.router_replay!r} (needs 'off')"),
+                             (not r.numerics.is_default, "rl.rollout.numerics is not the default")):
+                if bad:
+                    raise ValueError(f"rl.rollout.zero_mismatch=true cannot hold with {why}")
         if self.omega < self.samples_per_prompt:
             raise ValueError(f"rl.rollout.omega={self.omega} cannot hold one group of samples_per_prompt="
                              f"{self.samples_per_prompt}")
@@ -137,10 +153,11 @@ def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
         weights = {k: np.asarray(v) for k, v in flat_weights(model).items()}
         factory = JaxEngineFactory(model.config, weights, slots=slots,
                                    max_context=cfg.max_prompt_len + cfg.max_new_tokens, decode_chunk=r.decode_chunk,
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, numerics=r.numerics)
         return RayEnginePool(factory, r.workers, queue_size=r.queue_size, address=r.ray_address)
     return JaxEngine(model, slots=slots, max_context=cfg.max_prompt_len + cfg.max_new_tokens,
-                     decode_chunk=r.decode_chunk, seed=cfg.seed, mesh=mesh)
+                     decode_chunk=r.decode_chunk, seed=cfg.seed, mesh=mesh, zero_mismatch=r.zero_mismatch,
+                     zero_mismatch_rows=cfg.rows, numerics=r.numerics)
 
 
 def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, cfg: RLConfig, *,
@@ -159,11 +176,12 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     tx = make_optimizer(cfg.optim)
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
-    step_fn = make_train_step(graphdef, tx, rl_loss_fn(cfg.loss, cfg.temperature), temperature=cfg.temperature,
-                              state_shardings=abstract if mesh is not None else None)
+    replay = cfg.router_replay == "replay"
+    step_fn = make_train_step(graphdef, tx, rl_loss_fn(cfg.loss, cfg.temperature, replay), temperature=cfg.temperature,
+                              state_shardings=abstract if mesh is not None else None, router_replay=replay)
     # the reference policy of the KL term: the starting model, whose arrays the train state does not share
     _, ref_params, ref_frozen = split_model(model)
-    score = make_score_fn(graphdef, cfg.temperature) if cfg.loss.kl_coef > 0 else None
+    score = make_score_fn(graphdef, cfg.temperature, replay) if cfg.loss.kl_coef > 0 else None
     batches = build_prompt_batches(records, cfg.prompts_per_batch, cfg.seed, weights=cfg.domain_weights)
     stream, pool = PromptStream(iter(batches), encode), []
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens,
@@ -185,12 +203,13 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                            jax.process_index() == 0)
     engine = None
     history, stopped = [], False
+    routing = collections.Counter()  # responses whose routing record was unusable: "dropped" (replay), "missing"
     try:
         engine = _engine(model, cfg, mesh, run_dir)
         while int(state.step) < cfg.steps:
             t0 = time.perf_counter()
             step, before, scored = int(state.step), collections.Counter(sched.stats), rewards.stats
-            zeros = collections.Counter(rewards.reasons)
+            zeros, records = collections.Counter(rewards.reasons), collections.Counter(routing)
             engine.update_weights(merge_model(graphdef, state.params, state.frozen), version=step)
             if isinstance(engine, JaxEngine):
                 engine.reseed(jax.random.fold_in(state.rng, step))
@@ -201,11 +220,14 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                     if not finished and sched.exhausted:
                         raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} of phi={cfg.phi} "
                                            f"tokens collected; rollout errors: {sched.errors[:3]}")
-                    pool += to_responses(finished, cfg.loss)
+                    pool += to_responses(finished, cfg.loss, model.config, replay, routing)
             t_rollout = time.perf_counter() - t0
             taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
             pool = leftover if cfg.leftover == "keep" else []
-            mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
+            if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False)
+            else:
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
             batch = stack_micro_batches(mbs, cfg.loss.aggregation, taken.phi)  # taken.phi == cfg.phi
             with use_mesh(mesh):
                 batch = device_batch(batch, mesh)
@@ -224,7 +246,8 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 rollout_s=t_rollout, step_s=elapsed, tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped),
                 **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
                 **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
-                **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()})
+                **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()},
+                **{f"routing_{k}": routing[k] - records[k] for k in ("dropped", "missing")})
             writer.write(step + 1, metrics)
             history.append({"step": step + 1, "prompt_ids": list(stream.drawn), **metrics})
             stopped = should_stop is not None and should_stop()

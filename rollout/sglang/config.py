@@ -25,6 +25,7 @@ class SGLangConfig:
     sleep_on_idle: bool = True  # an idle scheduler blocks on its sockets instead of spinning a CPU core at 100%
     fix_cpu_routed_scaling: bool | None = None  # apply the CPU MoE fix (see _server_main.py); None: env decides
     launcher: tuple[str, ...] = ()  # command before the server flags; () = python rollout/sglang/_server_main.py
+    return_routed_experts: bool = False  # routing records in every output (rollout.sglang.generate; CPU: cpu_fix)
     weight_sync: Literal["distributed", "disk"] = "distributed"  # broadcast over a process group, or via a folder
     sync_backend: str | None = None  # torch.distributed backend; None: "gloo" on CPU, "nccl" otherwise
     sync_master_addr: str = "127.0.0.1"  # where the server reaches this (the trainer's) process

@@ -19,6 +19,10 @@ calls that came back, in completion order. What SGLang 0.5.23 does, read from it
   returns. A request that finished before the abort reached it comes back with its real finish.
 - Versions: the server's `weight_version` is the engine's version; every reply carries `meta_info.weight_versions`,
   spans of output tokens per version, from which `Output.versions` is filled.
+- Routing records (`config.return_routed_experts`; `rollout.sglang.generate`; on a CPU device the server needs the
+  fix in `rollout.sglang.cpu_fix`, which it gets): every output carries `routes` and `context_routes` like the
+  embedded JAX engine's. A reply without a usable record keeps its tokens, with `routes=None` (counted in
+  `stats["routes_missing"]`, logged).
 
 Weight updates (`update_weights`, `rollout.sglang.sync`) pause the server, load the weights over a
 torch.distributed group ("distributed", default) or from disk ("disk"), and let it continue: requests in flight
@@ -40,6 +44,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
+import logging
 import os
 import queue
 import shutil
@@ -55,10 +61,12 @@ from ringjax.model import LingConfig
 from ringjax.model.model import Ling
 from rollout.sglang import weights as sw
 from rollout.sglang.config import SGLangConfig
-from rollout.sglang.generate import Inflight, Reply, generate, parse_reply
+from rollout.sglang.generate import Inflight, Reply, generate, parse_reply, split_routes
 from rollout.sglang.server import SGLangServer, SGLangServerError, check_model_folder
 from rollout.sglang.sync import WeightSync
 from rollout.types import Output, Request, check_request
+
+log = logging.getLogger(__name__)
 
 
 class SGLangEngine:
@@ -101,8 +109,9 @@ class SGLangEngine:
                 continue
             inflight = Inflight(r, concurrent.futures.Future())
             self._pending[r.id] = inflight
-            inflight.future = self._server.run(
-                generate(self._server.session, self._server.url, inflight, self.config.request_timeout_s))
+            inflight.future = self._server.run(generate(self._server.session, self._server.url, inflight,
+                                                        self.config.request_timeout_s,
+                                                        self.config.return_routed_experts))
             inflight.future.add_done_callback(lambda _, rid=r.id: self._done.put(rid))
             self.stats["submitted"] += 1
 
@@ -259,7 +268,20 @@ class SGLangEngine:
         except Exception as e:  # a reply this engine does not understand is that request's error, not a crash
             return self._failed(rid, f"unexpected SGLang reply ({type(e).__name__}: {e}): {str(reply.body)[:500]}")
         self.stats["tokens"] += len(out.tokens)
+        if self.config.return_routed_experts and len(out.tokens):
+            out = self._with_routes(out, inflight.request, reply.body)
         return out
+
+    def _with_routes(self, out: Output, request: Request, body: dict) -> Output:
+        """`out` with the reply's routing record; without one (kept tokens, record unknown) if it is unusable."""
+        try:
+            context_routes, routes = split_routes(body, len(request.prompt) + len(request.generated),
+                                                  len(out.tokens), self.model_config)
+        except (ValueError, TypeError) as e:
+            self.stats["routes_missing"] += 1
+            log.warning("request %s: no routing record: %s", out.id, e)
+            return out
+        return dataclasses.replace(out, routes=routes, context_routes=context_routes)
 
     def _failed(self, rid: str, error: str) -> Output:
         self._server.check()

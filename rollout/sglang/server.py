@@ -1,10 +1,12 @@
 """One SGLang HTTP server for `rollout.sglang.engine.SGLangEngine`: its process, and the HTTP client that drives it.
 
-The server runs our launcher `rollout/sglang/_server_main.py` (SGLang's `sglang.launch_server` plus an opt-in CPU MoE
-fix) in its own process group, on a free port unless one is given, with its output in a log file. The launcher is
-told this process's pid and kills its group once this process is gone; `kill` (and a `weakref.finalize`, which
-also runs at interpreter exit) kills the group from this side. SGLANG_RETURN_ORIGINAL_LOGPROB is removed from the
-server's environment: it would make SGLang return unscaled log-probs (see `rollout.sglang.engine`).
+The server runs our launcher `rollout/sglang/_server_main.py` (SGLang's `sglang.launch_server` plus opt-in CPU
+fixes, `rollout.sglang.cpu_fix`) in its own process group, on a free port unless one is given, with its output in
+a log file. The launcher is told this process's pid and kills its group once this process is gone; `kill` (and a
+`weakref.finalize`, which also runs at interpreter exit) kills the group from this side.
+SGLANG_RETURN_ORIGINAL_LOGPROB is removed from the server's environment: it would make SGLang return unscaled
+log-probs (see `rollout.sglang.engine`). A CPU server with routing records gets SGLANG_CPU_ROUTED_EXPERTS_FIX=1:
+without it SGLang 0.5.23 cannot start it.
 
 A server that exits is noticed by `check` at the engine's next call: `dead` then says how it ended, and control
 calls that fail add the tail of its log to their `SGLangServerError`.
@@ -139,6 +141,8 @@ class SGLangServer:
                 cmd += [flag, str(value)]
         if c.sleep_on_idle:
             cmd.append("--sleep-on-idle")
+        if c.return_routed_experts:
+            cmd.append("--enable-return-routed-experts")
         cmd += list(c.server_args)
         server_env = dict(os.environ if env is None else env)
         server_env.pop("SGLANG_RETURN_ORIGINAL_LOGPROB", None)  # would return unscaled log-probs (module docstring)
@@ -146,6 +150,8 @@ class SGLangServer:
         server_env["RINGJAX_SGLANG_PARENT_PID"] = str(os.getpid())  # _server_main.py exits when this process does
         if c.fix_cpu_routed_scaling is not None:
             server_env["SGLANG_CPU_ROUTED_SCALING_FIX"] = "1" if c.fix_cpu_routed_scaling else "0"
+        if c.return_routed_experts and c.device == "cpu":  # the records' host cache would need CUDA (cpu_fix.py)
+            server_env["SGLANG_CPU_ROUTED_EXPERTS_FIX"] = "1"
         with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
             return subprocess.Popen(cmd, env=server_env, stdout=log_file, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
