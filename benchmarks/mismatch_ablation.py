@@ -11,7 +11,9 @@ samples with weights w * (1 + noise * N(0, 1)) while the trainer scores with the
 prompt order, the sampling and the noise. Held-out math accuracy (the demo's held-out prompts, --eval-samples
 samples each, temperature 1) is measured at the start and at every checkpoint (--eval-points per run).
 
-Arms (`ARMS`): a loss correction and the router-replay switch, the rest of the config equal. Prints one JSON line per
+Arms (`ARMS`): a loss correction and the router-replay switch, the rest of the config equal. Each (arm, seed) runs
+in ROOT/ARM_seedS; a folder that already holds checkpoints is resumed, so an ablation of another size needs its own
+--root. Prints one JSON line per
 run and a final {"summary": ...} line; --out gets everything, per-step metrics included (the notebook
 notebooks/mismatch_ablation.ipynb plots that file).
 """

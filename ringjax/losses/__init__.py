@@ -1,4 +1,5 @@
-"""The RL objective (docs/architecture.md): GRPO advantages, PPO clip, IcePop / TIS correction, C3PO aggregation."""
+"""The RL objective (docs/architecture.md): GRPO advantages, PPO clip, train-inference corrections (IcePop, KPop,
+sequence masks, TIS), C3PO aggregation."""
 
 from ringjax.losses.advantages import (ADVANTAGES, compute_advantages, grpo_advantages, grpo_advantages_flat,
                                        token_advantages)
