@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from ringjax.model import create_model, preset
+from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import Response, StepBatch, pack_micro_batches
 from ringjax.trainer.step import make_score_fn
 from rollout.jax_engine import JaxEngine, run_to_completion
@@ -50,13 +51,13 @@ def trainer_check(model, requests: list[Request], done: dict, rows: int, width: 
     """Engine log-probs against the trainer's recomputation of the same tokens (zero-mismatch packing)."""
     responses = [Response(i, r.prompt, done[r.id].tokens, done[r.id].logprobs, 0.0, 0.0)
                  for i, r in enumerate(requests)]
-    mbs = pack_micro_batches(StepBatch(tuple(responses), sum(len(r) for r in responses), 0), rows, width,
-                             packed=False)
-    batch = {k: jnp.asarray(np.stack([getattr(mb, k) for mb in mbs])) for k in ("tokens", "positions", "segment_ids")}
+    step = StepBatch(tuple(responses), sum(len(r) for r in responses), 0)
+    host = stack_micro_batches(pack_micro_batches(step, rows, width, packed=False), "token_mean", step.phi)
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     old = np.asarray(make_score_fn(graphdef, TEMPERATURE)(params, frozen, batch))
-    mask = np.stack([mb.loss_mask for mb in mbs])
-    infer = np.stack([mb.logp_infer for mb in mbs])[mask]
+    mask = host["loss_mask"]
+    infer = host["logp_infer"][mask]
     return {"bit_equal": bool(np.array_equal(infer, old[mask])),
             "max_abs_dlogp": float(np.max(np.abs(infer - old[mask]))), "tokens_checked": int(mask.sum())}
 

@@ -12,6 +12,7 @@ from flax import nnx
 import ringjax
 from ringjax.config_io import load_config
 from ringjax.data import PromptRecord
+from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import Response, StepBatch, pack_micro_batches
 from ringjax.trainer.rl import RLConfig, train_rl
 from ringjax.trainer.step import make_score_fn
@@ -47,13 +48,13 @@ def _trainer_logp(model, outputs):
     """The engine's log-probs and the trainer's recomputation of the same tokens: packed as `train_rl` packs them in
     zero-mismatch mode, scored by the jitted lax.map of `sequence_logprobs` the train step runs for logp_old."""
     responses = [Response(i, prompt, o.tokens, o.logprobs, 0.0, 0.0) for i, (prompt, o) in enumerate(outputs)]
-    mbs = pack_micro_batches(StepBatch(tuple(responses), sum(len(r) for r in responses), 0), ROWS, WIDTH,
-                             packed=False)
-    batch = {k: jnp.asarray(np.stack([getattr(mb, k) for mb in mbs])) for k in ("tokens", "positions", "segment_ids")}
+    step = StepBatch(tuple(responses), sum(len(r) for r in responses), 0)
+    host = stack_micro_batches(pack_micro_batches(step, ROWS, WIDTH, packed=False), "token_mean", step.phi)
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     old = np.asarray(make_score_fn(graphdef, TEMPERATURE)(params, frozen, batch))
-    mask = np.stack([mb.loss_mask for mb in mbs])
-    return np.stack([mb.logp_infer for mb in mbs])[mask], old[mask]
+    mask = host["loss_mask"]
+    return host["logp_infer"][mask], old[mask]
 
 
 def test_engine_logprobs_equal_the_trainers_bit_for_bit(model):
