@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import types
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -325,8 +326,10 @@ def test_rl_loop_generates_with_sglang_and_syncs_its_weights(tmp_path, monkeypat
         "rollout.sglang={device: cpu, dtype: float32, max_total_tokens: 4096, fix_cpu_routed_scaling: true}"])
     records = [PromptRecord(id=f"p{i}", prompt=f"What is {i} + {i}?", domain="math", answer=str(2 * i))
                for i in range(6)]
+    # A reward that separates any two different texts (a parity reward gives a whole group one value, so zero
+    # advantages and a zero gradient, about once in 64 runs): SGLang's sampling is not seeded by the test.
     result = train_rl(random_model(ringjax.preset("tiny-v2"), seed=3), records,
-                      lambda record, text: float(sum(text.encode()) % 2), cfg, run_dir=str(tmp_path / "run"))
+                      lambda record, text: zlib.crc32(text.encode()) / 2**32, cfg, run_dir=str(tmp_path / "run"))
     assert [h["tokens"] for h in result.history] == [cfg.phi, cfg.phi]
     assert all(h["rollout_failed_groups"] == 0 for h in result.history)
     for h in result.history:
