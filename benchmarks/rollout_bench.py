@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/rollout_bench.py [--preset tiny-v2] [--phi 2048] [--omega 32] [--samples 4]
         [--sigmas 2,8] [--median 32] [--len-sigma 1.2] [--max-tokens 496] [--decode-chunk 8] [--steps 6]
-        [--warmup-steps 2] [--out FILE]
+        [--warmup-steps 2] [--carry-kv recompute,keep] [--out FILE]
 
 Ring-1T reports C3PO++ ~2.5x faster than synchronous rollouts in the rollout phase and ~1.5x end to end per step.
 Here both `rollout.c3po_pp` modes drive the same embedded `JaxEngine` (slots = omega) over a numpy-drawn Ling:
@@ -21,7 +21,8 @@ Here both `rollout.c3po_pp` modes drive the same embedded `JaxEngine` (slots = o
 `sync` is the scheduler's baseline (`mode="sync"`) with retention so large that it never drops; one C3PO++ run per
 `--sigmas` value. `ratios_sync_over_c3po` = sync time / C3PO++ time (median and mean over measured steps).
 Per step the engine's own work is split out: `prefill_s` (of which `resume_prefill_s`: prefills holding
-continuations, which C3PO++ re-prefills at every iteration because it aborts and re-submits them), `decode_s`, the
+continuations, which C3PO++ re-prefills at every iteration because it aborts and re-submits them; with
+`--carry-kv keep` a run keeps them in the engine with their KV caches instead: `kept_per_step`), `decode_s`, the
 rest (`host_s`) is scheduler / host time; `slot_util` = generated tokens / (decode steps run * slots), the idle
 slots the synchronous mode waits with; `prefill_by_bucket` = calls and seconds per fill, keyed by its padded
 [K, P] prefill shapes.
@@ -187,7 +188,7 @@ def _stats(xs: list[float]) -> dict:
             "min": round(min(xs), 4), "max": round(max(xs), 4)}
 
 
-def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dict:
+def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict, carry_kv: str = "recompute") -> dict:
     cfg = model.config
     max_context = args.prompt_len + args.max_tokens
     loss = LossConfig()
@@ -202,7 +203,8 @@ def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dic
                                        args.max_tokens)
         return SamplingParams(temperature=1.0, max_tokens=lengths[key], stop_ids=())
 
-    sched_cfg = C3POPPConfig(phi=args.phi, omega=args.omega, sigma=sigma, samples=args.samples, mode=mode)
+    sched_cfg = C3POPPConfig(phi=args.phi, omega=args.omega, sigma=sigma, samples=args.samples, mode=mode,
+                             carry_kv=carry_kv)
     rewards = RewardPool(_reward, workers=1, timeout_s=60.0)
     sched = C3POPlusPlus(sched_cfg, sampling, prompt_source(args.seed, cfg.vocab_size, args.prompt_len), rewards,
                          _decode)
@@ -251,7 +253,7 @@ def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dic
             versions = np.concatenate([r.versions for r in taken.responses])
             done = engine.work - work
             delta = {k: sched.stats[k] - before[k] for k in
-                     ("tokens_generated", "dropped_tokens", "dropped_groups", "resubmitted", "groups_started",
+                     ("tokens_generated", "dropped_tokens", "dropped_groups", "resubmitted", "kept", "groups_started",
                       "completed_groups")}
             rows.append({
                 "step": step + 1, "measured": i >= args.warmup_steps, "rollout_s": round(t_rollout, 4),
@@ -273,11 +275,13 @@ def run_mode(model, args, mode: str, sigma: int, step_fn, compiled: dict) -> dic
         rewards.close()
         engine.close()
     measured = [r for r in rows if r["measured"]]
-    out = {"mode": mode, "sigma": sigma if mode == "c3po++" else None, "prewarm_s": round(prewarm_s, 1),
+    out = {"mode": mode, "sigma": sigma if mode == "c3po++" else None,
+           "carry_kv": carry_kv if mode == "c3po++" else None, "prewarm_s": round(prewarm_s, 1),
            "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     for key in ("rollout_s", "e2e_s", "train_s", "prefill_s", "resume_prefill_s", "decode_s", "host_s"):
         out[key] = _stats([r[key] for r in measured])
-    for key in ("tokens_generated", "dropped_tokens", "dropped_groups", "resubmitted", "iterations", "decode_steps",
+    for key in ("tokens_generated", "dropped_tokens", "dropped_groups", "resubmitted", "kept", "iterations",
+                "decode_steps",
                 "prefill_calls", "prefill_tokens", "prefill_cells", "version_lag_mean", "stale_frac",
                 "trained_tokens"):
         out[f"{key}_per_step"] = round(statistics.fmean(r[key] for r in measured), 4)
@@ -314,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=6, help="measured steps per mode")
     ap.add_argument("--warmup-steps", type=int, default=2, help="unmeasured steps per mode (steady state)")
     ap.add_argument("--modes", default="sync,c3po++")
+    ap.add_argument("--carry-kv", default="recompute",
+                    help="c3po++: rollout.carry_kv values, one run each per sigma (recompute,keep)")
     ap.add_argument("--no-prewarm", action="store_true", help="skip compiling every prefill bucket up front")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -327,7 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
            "cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     config = {k: getattr(args, k) for k in ("preset", "phi", "omega", "samples", "median", "len_sigma", "max_tokens",
                                             "prompt_len", "decode_chunk", "rows", "steps", "warmup_steps", "seed")}
-    config.update(slots=args.omega, sigmas=[int(s) for s in args.sigmas.split(",")], sync_sigma=NEVER_DROP)
+    config.update(slots=args.omega, sigmas=[int(s) for s in args.sigmas.split(",")], sync_sigma=NEVER_DROP,
+                  carry_kv=args.carry_kv.split(","))
     draws = [draw_length(args.seed, p, j, args.median, args.len_sigma, args.max_tokens)
              for p in range(2500) for j in range(args.samples)]
     groups = np.asarray(draws).reshape(-1, args.samples).max(axis=1)
@@ -340,9 +347,10 @@ def main(argv: list[str] | None = None) -> dict:
     compiled: dict[int, object] = {}
     runs = []
     for mode in args.modes.split(","):
-        for sigma in ([NEVER_DROP] if mode == "sync" else config["sigmas"]):
+        for sigma, carry in ([(NEVER_DROP, "recompute")] if mode == "sync" else
+                             [(s, c) for s in config["sigmas"] for c in config["carry_kv"]]):
             c0 = _COMPILE_S[0]
-            result = run_mode(model, args, mode, sigma, step_fn, compiled)
+            result = run_mode(model, args, mode, sigma, step_fn, compiled, carry)
             result["compile_s_total"] = round(_COMPILE_S[0] - c0, 1)
             runs.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "steps"}), flush=True)
@@ -350,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = next((r for r in runs if r["mode"] == "sync"), None)
     for r in runs:
         if base is not None and r["mode"] == "c3po++":
-            ratios[f"c3po++ sigma={r['sigma']}"] = {
+            keep = " carry_kv=keep" if r["carry_kv"] == "keep" else ""
+            ratios[f"c3po++ sigma={r['sigma']}{keep}"] = {
                 f"{key}_{stat}": round(base[f"{key}_s"][stat] / r[f"{key}_s"][stat], 3)
                 for key in ("rollout", "e2e") for stat in ("median", "mean")}
     summary = {"env": {**env, "load_avg_end": [round(x, 2) for x in os.getloadavg()]}, "config": config,

@@ -5,12 +5,15 @@ or a Ray pool):
 1. drop every rollout group that has already spanned `sigma` iterations (started at b with t - b >= sigma); its
    tokens are counted in `stats["dropped_groups"]` / `stats["dropped_tokens"]`, never silently lost;
 2. re-submit the unfinished responses of the inference pool as continuations (prompt + tokens so far), so the
-   current policy continues them;
+   current policy continues them (`carry_kv="recompute"`: the engine re-prefills their context with the current
+   weights); with `carry_kv="keep"` they were never taken out of the engine (step 4) and simply continue, their
+   earlier tokens' keys and values still the ones the previous weights computed;
 3. while the completed-token count C < `phi`: refill the pool to capacity `omega` responses with new prompts
    (`samples` responses per prompt: one GRPO group), advance the engine, and when a group's last response ends
    move the group to the training pool and add its response tokens to C;
 4. interrupt the engine (`abort`): partial responses keep their tokens, log-probs and per-token policy versions
-   and wait in the pool for iteration t + 1.
+   and wait in the pool for iteration t + 1. With `carry_kv="keep"` the engine keeps them instead, mid-response,
+   with their KV caches (counted in `stats["kept"]`); a group retired at step 1 is then aborted in the engine.
 
 Unit of completion: the GRPO group. A response that ends waits for its siblings, because the group's advantages
 need every reward; C counts a group's tokens once it is complete. Rewards are computed off the generation loop:
@@ -27,7 +30,9 @@ between means the setup is broken (every request fails): the iteration raises, n
 
 `state_dict()` / `load_state_dict()` hold everything needed to continue the same partial rollouts after a
 restart (JSON-serialisable: it goes into the trainer's checkpoint). KV caches are not saved: a resumed
-continuation is re-prefilled by the policy that continues it.
+continuation is re-prefilled by the policy that continues it. With `carry_kv="keep"`, `state_dict(engine)` adds
+the tokens the engine holds (`engine.peek()`), so none is lost; the first iteration after a resume re-prefills
+them, so a resumed keep-run is not bit-equal to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class C3POPPConfig:
     sigma: int = 2  # iterations a rollout may span before it is dropped
     samples: int = 4  # responses per prompt (GRPO group size)
     mode: Literal["c3po++", "sync"] = "c3po++"
+    carry_kv: Literal["recompute", "keep"] = "recompute"  # carried responses: re-prefilled, or kept in the engine
 
     def __post_init__(self):
         for name in ("phi", "omega", "sigma", "samples"):
@@ -65,6 +71,10 @@ class C3POPPConfig:
             raise ValueError(f"rollout.omega={self.omega} cannot hold one group of samples={self.samples}")
         if self.mode not in ("c3po++", "sync"):
             raise ValueError(f"rollout.mode={self.mode!r} is not 'c3po++' or 'sync'")
+        if self.carry_kv not in ("recompute", "keep"):
+            raise ValueError(f"rollout.carry_kv={self.carry_kv!r} is not 'recompute' or 'keep'")
+        if self.carry_kv == "keep" and self.mode != "c3po++":
+            raise ValueError(f"rollout.carry_kv=keep needs rollout.mode=c3po++ (mode {self.mode!r} carries nothing)")
 
 
 @dataclasses.dataclass
@@ -90,6 +100,9 @@ class Member:
         self.tokens += out.tokens.tolist()
         self.logprobs += out.logprobs.tolist()
         self.versions += out.versions.tolist()
+
+    def copy(self) -> Member:
+        return Member(self.id, list(self.tokens), list(self.logprobs), list(self.versions), self.done, self.routes)
 
 
 @dataclasses.dataclass
@@ -130,17 +143,19 @@ class C3POPlusPlus:
         self.stats: collections.Counter[str] = collections.Counter()
         self.errors: list[str] = []
         self.exhausted = False
+        self.held: set[str] = set()  # carry_kv="keep": responses left running in the engine across the update
 
     # -- one iteration ---------------------------------------------------------------------------------------------
     def run_iteration(self, engine: Engine) -> list[Finished]:
         """Advances rollouts until `phi` tokens of complete groups exist (or the prompts run out); returns them."""
         t = self.iteration
-        self._retire(t)
+        self._retire(t, engine)
         by_id = {m.id: (g, m) for g in self.groups.values() for m in g.members}
-        carried = [self._request(g, m) for g, m in by_id.values() if not m.done]
+        carried = [self._request(g, m) for g, m in by_id.values() if not m.done and m.id not in self.held]
         engine.submit(carried)
         self.stats["resubmitted"] += len(carried)
-        running = {r.id for r in carried}  # submitted, no output yet
+        running = self.held | {r.id for r in carried}  # submitted, no output yet
+        self.held = set()
         completed: list[tuple[Group, list]] = []
         count, failures = 0, 0
         sync = self.cfg.mode == "sync"
@@ -159,10 +174,13 @@ class C3POPlusPlus:
                                            f"completing; first errors: {self.errors[:3]}")
                 elif done:
                     failures, count = 0, count + done.response_tokens()
-        # interrupt: partial outputs wait for the next iteration; an engine may also hand back outputs that had
-        # already ended (or failed) before the abort reached them, which count like any other
-        for out in engine.abort():
-            self._take(engine, out, running, by_id, completed)
+        if self.cfg.carry_kv == "keep":  # the engine goes on with them under the next weights
+            self.held = running
+            self.stats["kept"] += len(running)
+        else:  # interrupt: partial outputs wait for the next iteration; an engine may also hand back outputs that
+            # had already ended (or failed) before the abort reached them, which count like any other
+            for out in engine.abort():
+                self._take(engine, out, running, by_id, completed)
         self.iteration += 1
         self.stats["iterations"] += 1
         self.stats["completed_groups"] += len(completed)
@@ -198,12 +216,15 @@ class C3POPlusPlus:
             sampling = sampling(g.record, g.members.index(m))
         return Request(m.id, np.asarray(g.prompt, np.int32), sampling, np.asarray(m.tokens, np.int32))
 
-    def _retire(self, t: int) -> None:
+    def _retire(self, t: int, engine: Engine) -> None:
         for g in list(self.groups.values()):
             if t - g.born >= self.cfg.sigma:
                 del self.groups[g.id]
+                held = [m.id for m in g.members if m.id in self.held]
+                partial = engine.abort(held) if held else []
+                self.held -= set(held)
                 self.stats["dropped_groups"] += 1
-                self.stats["dropped_tokens"] += g.response_tokens()
+                self.stats["dropped_tokens"] += g.response_tokens() + sum(len(o.tokens) for o in partial)
 
     def _refill(self, engine: Engine, t: int, in_flight: int, by_id: dict) -> set[str]:
         """Starts new groups while they fit in `omega`; returns the ids submitted."""
@@ -236,17 +257,30 @@ class C3POPlusPlus:
         return {o.id for o in engine.abort(siblings)} if siblings else set()
 
     # -- checkpoint ------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, engine: Engine | None = None) -> dict:
+        """The scheduler's state; with responses held in `engine` (carry_kv="keep"), their tokens so far are read
+        from it (`engine.peek`) into the saved members, the live ones untouched."""
+        held = {o.id: o for o in engine.peek(sorted(self.held))} if self.held and engine is not None else {}
+        if self.held and len(held) != len(self.held):
+            raise RuntimeError(f"state_dict: {len(self.held)} responses are held in the engine; pass the engine "
+                               f"(got partial outputs of {len(held)})")
+
+        def member(m: Member) -> dict:
+            if m.id in held:
+                m = m.copy()
+                m.extend(held[m.id])
+            return {**dataclasses.asdict(m), "routes": routes.to_json(m.routes)}
+
         return {"iteration": self.iteration, "next_group": self._next_group, "stats": dict(self.stats),
                 "exhausted": self.exhausted,
                 "groups": [{"id": g.id, "record": dataclasses.asdict(g.record), "prompt": g.prompt, "born": g.born,
-                            "members": [{**dataclasses.asdict(m), "routes": routes.to_json(m.routes)}
-                                        for m in g.members]} for g in self.groups.values()]}
+                            "members": [member(m) for m in g.members]} for g in self.groups.values()]}
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration, self._next_group = int(state["iteration"]), int(state["next_group"])
         self.stats = collections.Counter(state["stats"])
         self.exhausted = bool(state.get("exhausted", False))
+        self.held = set()  # a fresh engine holds nothing: the next iteration re-submits every unfinished response
         self.groups = {}
         for row in state["groups"]:
             members = [Member(**{**m, "routes": routes.from_json(m.get("routes"))}) for m in row["members"]]

@@ -15,6 +15,8 @@ class RolloutConfig:
     sglang: dict[str, Any] = dataclasses.field(default_factory=dict)  # SGLangConfig fields (dtype, device, ...)
     omega: int = 0  # inference pool capacity in responses; 0: prompts_per_batch * samples_per_prompt
     sigma: int = 2  # c3po++: iterations a rollout may span before it is dropped (counted)
+    carry_kv: Literal["recompute", "keep"] = "recompute"  # c3po++: a carried response is re-prefilled by the new
+    # weights, or keeps its KV cache from the old ones and continues (embedded engine in this process only)
     slots: int = 0  # embedded engine: KV-cache rows decoded together (per worker); 0: omega / max(workers, 1)
     decode_chunk: int = 8  # embedded engine: decode steps per jitted call (slots are refilled between calls)
     workers: int = 0  # Ray rollout workers (each with its own engine); 0: the engine runs in the trainer process
@@ -49,5 +51,14 @@ class RolloutConfig:
         for name in ("sigma", "decode_chunk", "queue_size", "reward_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name}={getattr(self, name)} must be >= 1")
+        if self.carry_kv not in ("recompute", "keep"):
+            raise ValueError(f"rollout.carry_kv={self.carry_kv!r} is not 'recompute' or 'keep'")
+        if self.carry_kv == "keep":
+            for bad, why in ((self.mode != "c3po++", f"rollout.mode={self.mode!r} (needs 'c3po++')"),
+                             (self.engine != "jax", f"rollout.engine={self.engine!r} (needs 'jax')"),
+                             (self.workers != 0, f"rollout.workers={self.workers} (needs 0: this process's engine)"),
+                             (self.zero_mismatch, "rollout.zero_mismatch=true (its decode reads no KV cache)")):
+                if bad:
+                    raise ValueError(f"rollout.carry_kv=keep cannot hold with {why}")
         if self.reward_timeout_s <= 0:
             raise ValueError(f"rollout.reward_timeout_s={self.reward_timeout_s} must be > 0")

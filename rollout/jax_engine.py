@@ -22,8 +22,10 @@ position >= n reads them. Idle slots feed token 0 at position 0 into their own r
 Weights: the engine holds the model's `nnx.State`; `update_weights` swaps in another state (a trainer's live
 arrays, already placed on the same mesh: no copy, no trip through the host) or loads a flat {path: array} mapping
 (what a Ray worker receives). Slots that are mid-response keep their KV cache (computed by the previous policy)
-and continue under the new one; their later tokens carry the new version. C3PO++ interrupts (`abort`) and
-re-submits instead, so a continuation is re-prefilled by the policy that continues it.
+and continue under the new one; their later tokens carry the new version. C3PO++ relies on that with
+`rollout.carry_kv: keep` (`peek` reads what such a response holds, for a checkpoint); by default
+(`recompute`) it interrupts (`abort`) and re-submits, so a continuation is re-prefilled by the policy that continues
+it.
 With `numerics` (`rollout.numerics`: bf16, simulated fp8, another MoE kernel, weight noise) every state passes
 through `engine_state` first, a transformed copy: the engine then samples from a controlled mismatch of the trainer's
 policy. `zero_mismatch` decodes with the trainer's own full forward instead (`rollout.zero_mismatch`).
@@ -197,6 +199,14 @@ class JaxEngine:
                 self._active[i] = None
         self.stats["aborted"] += len(out)
         return out
+
+    def peek(self, ids: Sequence[str] | None = None) -> list[Output]:
+        """Partial outputs (`finish="abort"`, the tokens so far) of the given (default: all) requests, which go on
+        running: a queued request has none yet. Unknown ids are ignored."""
+        wanted = None if ids is None else set(ids)
+        out = [Output(r.id, [], [], [], "abort") for r in self._queue if wanted is None or r.id in wanted]
+        return out + [self._output(s, "abort") for s in self._active
+                      if s is not None and (wanted is None or s.request.id in wanted)]
 
     def update_weights(self, weights: Ling | nnx.State | Mapping[str, Any], version: int) -> None:
         """Swaps the policy. A model or `nnx.State` is used as is (in place: same arrays, no copy); a flat mapping

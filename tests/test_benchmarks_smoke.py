@@ -20,15 +20,21 @@ def _load(name):
 def test_rollout_bench_compares_sync_and_c3po_pp(tmp_path):
     bench = _load("rollout_bench")
     out = tmp_path / "rollout.json"
-    summary = bench.main(["--phi", "16", "--omega", "4", "--samples", "2", "--sigmas", "2", "--median", "3",
-                          "--max-tokens", "8", "--prompt-len", "4", "--rows", "2", "--steps", "1",
-                          "--warmup-steps", "0", "--no-prewarm", "--out", str(out)])
+    # one token per decode call and a pool of 4 groups: an iteration ends with groups still generating (carried)
+    summary = bench.main(["--phi", "16", "--omega", "8", "--samples", "2", "--sigmas", "2", "--median", "4",
+                          "--max-tokens", "16", "--prompt-len", "4", "--rows", "2", "--decode-chunk", "1",
+                          "--steps", "1", "--warmup-steps", "1", "--no-prewarm", "--carry-kv", "recompute,keep",
+                          "--out", str(out)])
     assert json.loads(out.read_text())["ratios_sync_over_c3po"] == summary["ratios_sync_over_c3po"]
-    assert [(r["mode"], r["sigma"]) for r in summary["runs"]] == [("sync", None), ("c3po++", 2)]
+    assert [(r["mode"], r["sigma"], r["carry_kv"]) for r in summary["runs"]] == [
+        ("sync", None, None), ("c3po++", 2, "recompute"), ("c3po++", 2, "keep")]
+    recompute, keep = summary["runs"][1:]
+    assert recompute["totals"]["resubmitted"] > 0  # carried responses were aborted and re-submitted...
+    assert keep["totals"]["resubmitted"] == 0 and keep["totals"]["kept"] > 0  # ...or held, never re-prefilled
     for run in summary["runs"]:
         assert run["length_mismatches"] == 0  # every completed response has exactly its drawn length
         assert run["steps"][0]["trained_tokens"] == 16 and run["rollout_s"]["median"] > 0
-    assert set(summary["ratios_sync_over_c3po"]["c3po++ sigma=2"]) == {
+    assert set(summary["ratios_sync_over_c3po"]["c3po++ sigma=2 carry_kv=keep"]) == {
         "rollout_median", "rollout_mean", "e2e_median", "e2e_mean"}
 
 

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringjax.trainer import Response, StepBatch, assemble_step, pack_micro_batches, response_tokens, split_response
+from ringjax.trainer import (Response, StepBatch, assemble_step, pack_micro_batches, response_tokens, split_response,
+                             take_groups)
+from ringjax.trainer.batch import step_weights
 
 
 def _response(rng, i, prompt_len, n, advantage=0.0, versions=True):
@@ -182,3 +184,24 @@ def test_response_validation():
         Response("q", [], [1], [0.0], 1.0)
     with pytest.raises(ValueError, match="keep=0"):
         split_response(Response("q", [1], [1, 2], [0.0, 0.0], 1.0), 0)
+
+
+def test_sample_budget_takes_whole_groups_in_order_of_first_appearance():
+    """`take_groups` (the baseline C3PO replaces): whole groups, however many tokens, in the pool's order; the rest
+    is the leftover, in order; packing pads to a power-of-two count of micro-batches that weigh nothing."""
+    rng = np.random.default_rng(0)
+    pool = [_response(rng, i, 3, n, advantage=float(i)) for i, n in enumerate([5, 9, 2, 7, 4, 6, 3, 8])]
+    pool = [dataclasses.replace(r, group_id=g) for r, g in zip(pool, [2, 0, 2, 0, 1, 3, 1, 3])]
+    step, leftover = take_groups(pool, 2)
+    assert [r.group_id for r in step.responses] == [2, 0, 2, 0] and step.cut == 0
+    assert step.phi == 5 + 9 + 2 + 7 and [r.group_id for r in leftover] == [1, 3, 1, 3]
+    assert all(a is b for a, b in zip(step.responses, pool[:4]))  # whole responses, nothing cut
+    mbs = pack_micro_batches(step, rows=1, seq_len=13, pad_pow2=True)
+    assert len(mbs) == 4 and sum(int(mb.loss_mask.sum()) for mb in mbs) == step.phi
+    assert len(pack_micro_batches(step, rows=1, seq_len=13)) == 3  # the padded one is all padding
+    weights = step_weights(mbs, "seq_mean", 100)
+    assert not weights[-1].any() and abs(sum(float(w.sum()) for w in weights) - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="needs more than the 4 groups"):
+        take_groups(pool, 5)
+    with pytest.raises(ValueError, match="no group_id"):
+        take_groups([dataclasses.replace(pool[0], group_id=None)], 1)

@@ -172,3 +172,80 @@ def test_a_setup_where_every_request_fails_stops_with_the_reason(model):
     s = _sched(model, cfg)
     with pytest.raises(RuntimeError, match="failed in a row.*exceeds the engine's context"):
         s.run_iteration(JaxEngine(model, slots=8, max_context=MAX_TOKENS + 2))
+
+
+def test_keep_kv_continues_in_the_engine_without_a_second_prefill(model):
+    """carry_kv="keep": an unfinished response stays in its engine slot across iterations (never re-prefilled:
+    one prefill per response), and under one policy at temperature 0 it is the one-shot greedy response."""
+    cfg = C3POPPConfig(phi=30, omega=6, sigma=10, samples=1, carry_kv="keep")
+    source = list(itertools.islice(_source(model.config.vocab_size, seed=3), 60))
+    s = _sched(model, cfg, temperature=0.0, source=iter(source))
+    engine = JaxEngine(model, slots=6, max_context=64, decode_chunk=3)
+    finished = [f for _ in range(5) for f in s.run_iteration(engine)]
+    assert s.stats["kept"] > 0 and s.stats["resubmitted"] == 0
+    assert engine.stats["prefilled"] == s.stats["groups_started"] and engine.stats["aborted"] == 0
+    assert engine.num_pending() == len(s.held) > 0  # still running, waiting for the next iteration
+    prompts = {r.id: ids for r, ids in source}
+    members = [f.group.members[0] for f in finished]
+    assert_greedy(model, [prompts[f.group.record.id] for f in finished], [m.tokens for m in members],
+                  [m.logprobs for m in members])
+
+
+def test_keep_kv_responses_span_versions_and_sigma_aborts_them_in_the_engine(model):
+    """Kept responses continue under each new policy version (their later tokens carry it); a group that spans
+    sigma iterations is aborted in the engine and its partial tokens are counted as dropped."""
+    cfg = C3POPPConfig(phi=60, omega=8, sigma=2, samples=2, carry_kv="keep")
+    s, engine = _sched(model, cfg), JaxEngine(model, slots=8, max_context=64, decode_chunk=4, seed=1)
+    spans = set()
+    for it in range(5):
+        engine.update_weights(engine.state, version=it)
+        for f in s.run_iteration(engine):
+            for m in f.group.members:
+                assert m.versions == sorted(m.versions) and it - f.group.born < cfg.sigma
+                spans.add(len(set(m.versions)))
+        assert _accounted(s) == s.stats["groups_started"]
+        assert engine.num_pending() == len(s.held)  # the engine holds exactly the responses carried over
+    assert max(spans) > 1 and s.stats["kept"] > 0 and s.stats["resubmitted"] == 0
+    assert s.stats["dropped_groups"] > 0 and engine.stats["aborted"] > 0
+
+
+def test_keep_kv_state_dict_saves_the_tokens_held_in_the_engine(model):
+    """A checkpoint of a keep-run reads the held responses' tokens from the engine (`peek`) without stopping them;
+    a resumed scheduler re-submits them (re-prefilled) and, greedy under one policy, finishes them identically."""
+    cfg = C3POPPConfig(phi=30, omega=6, sigma=10, samples=1, carry_kv="keep")
+    vocab = model.config.vocab_size
+    source = list(itertools.islice(_source(vocab, seed=3), 60))
+    a, engine = _sched(model, cfg, temperature=0.0, source=iter(source)), JaxEngine(model, slots=6, max_context=64,
+                                                                                   decode_chunk=3)
+    a.run_iteration(engine)
+    with pytest.raises(RuntimeError, match="held in the engine"):
+        a.state_dict()
+    state = json.loads(json.dumps(a.state_dict(engine)))
+    held = {m["id"]: m for g in state["groups"] for m in g["members"] if m["id"] in a.held}
+    assert held and any(m["tokens"] for m in held.values())
+    live = {m.id: m for g in a.groups.values() for m in g.members}
+    assert all(len(live[i].tokens) < len(m["tokens"]) or not m["tokens"] for i, m in held.items())  # copies only
+    want = [f for _ in range(3) for f in a.run_iteration(engine)]
+    b = _sched(model, cfg, temperature=0.0, source=iter(source[state["stats"]["groups_started"]:]))
+    b.load_state_dict(state)
+    fresh = JaxEngine(model, slots=6, max_context=64, decode_chunk=3)
+    got = [f for _ in range(3) for f in b.run_iteration(fresh)]
+    assert b.stats["resubmitted"] == len(held)
+    n = min(len(got), len(want))
+    assert n > 0 and [f.group.id for f in got[:n]] == [f.group.id for f in want[:n]]
+    for f, g in zip(got[:n], want[:n]):
+        assert f.group.members[0].tokens == g.group.members[0].tokens
+
+
+def test_keep_kv_needs_c3po_pp_and_the_engine_in_this_process():
+    from rollout.config import RolloutConfig
+
+    with pytest.raises(ValueError, match="carry_kv=keep needs rollout.mode=c3po\\+\\+"):
+        C3POPPConfig(mode="sync", carry_kv="keep")
+    with pytest.raises(ValueError, match="carry_kv='reuse'"):
+        RolloutConfig(carry_kv="reuse")
+    for kwargs, culprit in (({"mode": "sync"}, "rollout.mode='sync'"), ({"workers": 1}, "rollout.workers=1"),
+                            ({"engine": "sglang"}, "rollout.engine='sglang'"),
+                            ({"zero_mismatch": True}, "rollout.zero_mismatch")):
+        with pytest.raises(ValueError, match=culprit):
+            RolloutConfig(**{"mode": "c3po++", "carry_kv": "keep", **kwargs})

@@ -146,14 +146,14 @@ def test_engine_applies_numerics_to_every_state_it_is_given(model):
 
 
 def test_run_config_reaches_the_engine_in_process_and_in_ray_workers(model):
-    """`rollout.numerics` of an RL config: the trainer's engine (`_engine`) and a Ray worker's (`JaxEngineFactory`,
+    """`rollout.numerics` of an RL config: the trainer's engine (`make_engine`) and a Ray worker's (`JaxEngineFactory`,
     called here in this process) both hold engine_state of the starting weights."""
-    from ringjax.trainer.rl import _engine
+    from ringjax.trainer.engines import make_engine
     from rollout.ray_worker import JaxEngineFactory
 
     want = _flat(engine_state(nnx.state(model), NOISE, 0))
     cfg = from_dict(RLConfig, {"rollout": {"numerics": {"weight_noise": 0.05, "seed": 7}}})
-    local = _engine(model, cfg, None, None)
+    local = make_engine(model, cfg, None, None)
     worker = JaxEngineFactory(model.config, {k: np.asarray(v) for k, v in flat_weights(model).items()},
                               numerics=cfg.rollout.numerics)(0)
     for engine in (local, worker):

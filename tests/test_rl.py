@@ -118,6 +118,33 @@ def test_c3po_pp_kill_and_resume_continues_the_same_partial_rollouts(tmp_path):
         np.testing.assert_array_equal(got, ref)
 
 
+def test_keep_kv_trains_on_responses_continued_in_the_engine_and_resumes_without_loss(tmp_path):
+    """`rollout.carry_kv=keep`: carried responses stay in the engine across the update (counted in rollout_kept,
+    never re-submitted), their later tokens carry the newer version; a crash after a checkpoint saves what the
+    engine held (peek), and the resumed run finishes every step with exactly phi tokens."""
+    cfg = dataclasses.replace(CPP, checkpoint_every=1, rollout=dataclasses.replace(CPP.rollout, carry_kv="keep"))
+    want = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=str(tmp_path / "a"))
+    assert all(h["tokens"] == PHI for h in want.history)
+    assert sum(h["rollout_kept"] for h in want.history) > 0
+    assert all(h["rollout_resubmitted"] == 0 for h in want.history)  # nothing re-prefilled: kept, not re-submitted
+    assert any(h["version_lag_mean"] > 0 for h in want.history)
+    crash_at = next(h["step"] for h in want.history[:-1] if h["rollout_kept"] > 0)
+    run_dir = str(tmp_path / "b")
+
+    def crash(step, metrics):
+        if step == crash_at:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir, on_step=crash)
+    saved = json.load(open(os.path.join(run_dir, "checkpoints", str(crash_at), "rollout", "metadata")))
+    assert any(m["tokens"] and not m["done"] for g in saved["scheduler"]["groups"] for m in g["members"])
+    resumed = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir)
+    assert [h["step"] for h in resumed.history] == list(range(crash_at + 1, 5))
+    assert all(h["tokens"] == PHI for h in resumed.history)
+    assert resumed.history[0]["rollout_resubmitted"] > 0  # the saved partial responses were continued
+
+
 def test_resume_refuses_another_model(uninterrupted, tmp_path):
     _, run_dir = uninterrupted
     with pytest.raises(ValueError, match="num_hidden_layers|hidden_size|architecture"):
@@ -130,8 +157,21 @@ def test_drop_leftover_counts_what_it_drops():
     assert all(h["dropped_tokens"] == 96 - PHI and h["pool_tokens"] == 0 for h in result.history)
 
 
+def test_sample_budget_trains_whole_groups_of_varying_token_counts():
+    """`budget=groups`: each step trains every token of prompts_per_batch whole groups (2 x 4 responses), so the
+    token count is whatever they hold (<= 96: responses stop early at one of 32 stop ids), not phi."""
+    cfg = dataclasses.replace(CFG, steps=3, checkpoint_every=0, budget="groups", stop_ids=tuple(range(0, 256, 8)),
+                              loss=dataclasses.replace(CFG.loss, aggregation="seq_mean"))
+    result = train_rl(_model(), RECORDS, even_tokens, cfg)
+    assert all(h["step_responses"] == 8 for h in result.history)
+    assert all(8 <= h["tokens"] <= 96 and np.isfinite(h["grad_norm"]) for h in result.history)
+    assert len({h["tokens"] for h in result.history}) > 1  # early stops make the count vary
+    assert result.history[-1]["grad_norm"] > 0
+
+
 @pytest.mark.parametrize("change, culprit", [
     ({"phi": 8}, "rl.phi=8 is smaller than one response"),
+    ({"budget": "samples"}, "rl.budget='samples'"),
     ({"seq_len": 20}, "rl.seq_len=20"),
     ({"steps": 0}, "rl.steps=0"),
     ({"leftover": "keep-some"}, "rl.leftover"),

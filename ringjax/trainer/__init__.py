@@ -12,6 +12,7 @@ from ringjax.trainer.c3po import (
     pack_micro_batches,
     response_tokens,
     split_response,
+    take_groups,
 )
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.state import TrainState, abstract_train_state, init_train_state
@@ -19,4 +20,4 @@ from ringjax.trainer.step import make_train_step, rl_loss_fn
 
 __all__ = ["MicroBatch", "OptimConfig", "Response", "StepBatch", "TrainState", "abstract_train_state",
            "assemble_step", "init_train_state", "make_optimizer", "make_train_step", "pack_micro_batches",
-           "response_tokens", "rl_loss_fn", "split_response"]
+           "response_tokens", "rl_loss_fn", "split_response", "take_groups"]

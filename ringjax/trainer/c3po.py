@@ -5,6 +5,8 @@ greedily in the given order until the cumulative response-token count reaches `p
 cut, AFTER advantages are computed (so the cut response keeps the advantage of its full rollout). The loss is then
 summed over tokens and divided by the constant `phi`. C3PO++ (Ring-1T) feeds the same assembly from a pool of
 partial rollouts, so a response may carry tokens of several policy versions: `Response.versions` stores them.
+The baseline C3PO replaces, the sample budget (a fixed number of whole GRPO groups per step, whose token count
+varies with the response lengths), is `take_groups`.
 
 Decisions, which the reference reports leave open:
 - Nothing is dropped silently: `assemble_step` returns the step and a `leftover` list: the cut tail (if any) first,
@@ -181,6 +183,34 @@ def assemble_step(responses: Sequence[Response], phi: int, *,
     raise AssertionError("unreachable: _check_phi guarantees enough tokens")
 
 
+def take_groups(responses: Sequence[Response], groups: int) -> tuple[StepBatch, list[Response]]:
+    """The sample budget (the usual GRPO step, C3PO's baseline): every response of the first `groups` GRPO groups
+    (by `group_id`, in order of first appearance), whole, whatever their token count; returns (step, leftover) like
+    `assemble_step`. The step's `phi` is its actual token count. Raises ValueError when fewer groups are available,
+    a response has no group id or a taken one has no advantage."""
+    if groups < 1:
+        raise ValueError(f"groups={groups} must be >= 1")
+    order: dict[int | str, None] = {}
+    for index, r in enumerate(responses):
+        if r.group_id is None:
+            raise ValueError(f"response {index} (prompt_id={r.prompt_id!r}) has no group_id")
+        order.setdefault(r.group_id, None)
+    if len(order) < groups:
+        raise ValueError(f"a step of {groups} groups needs more than the {len(order)} groups available")
+    chosen = set(list(order)[:groups])
+    taken = [r for r in responses if r.group_id in chosen]
+    for r in taken:
+        if r.advantage is None:
+            raise ValueError(f"response of group {r.group_id!r} (prompt_id={r.prompt_id!r}) has no advantage")
+    return (StepBatch(tuple(taken), response_tokens(taken), 0),
+            [r for r in responses if r.group_id not in chosen])
+
+
+def groups_in(responses: Sequence[Response]) -> int:
+    """Distinct GRPO groups among `responses` (what a sample-budget step counts)."""
+    return len({r.group_id for r in responses})
+
+
 def _place(lengths: Sequence[int], seq_len: int, packed: bool) -> list[list[int]]:
     """Row assignment: first-fit in order when packed, else one sequence per row. Returns sequence ids per row."""
     if not packed:
@@ -197,6 +227,11 @@ def _place(lengths: Sequence[int], seq_len: int, packed: bool) -> list[list[int]
         rows[row].append(i)
         free[row] -= n
     return rows
+
+
+def _bucket(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << (n - 1).bit_length()
 
 
 def _empty(rows: int, seq_len: int, pad_id: int, route_shape: tuple[int, int] | None) -> MicroBatch:
@@ -227,13 +262,14 @@ def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Resp
     return end
 
 
-def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool = True,
-                       pad_id: int = 0) -> list[MicroBatch]:
+def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool = True, pad_id: int = 0,
+                       pad_pow2: bool = False) -> list[MicroBatch]:
     """Splits the step's sequences into micro-batches of fixed shape [rows, seq_len] (one jit compile).
 
     `packed` puts several sequences per row (first-fit, in order; separated by segment ids), otherwise one per row.
     The last micro-batch is filled with padding rows. Sum of `loss_mask` over all micro-batches is `step.phi`.
     When any response has a routing record, every micro-batch gets `routes` (-1 where a response has none).
+    `pad_pow2` adds all-padding micro-batches up to a power-of-two count (steps whose token count varies).
     Raises ValueError when a sequence (prompt + response) is longer than `seq_len`.
     """
     if rows < 1 or seq_len < 2:
@@ -256,4 +292,6 @@ def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool
             for segment, i in enumerate(ids, start=1):
                 col = _write(mb, row, col, segment, i, step.responses[i])
         out.append(mb)
+    if pad_pow2:  # all-padding micro-batches weigh nothing; a varying count would compile the step once per count
+        out += [_empty(rows, seq_len, pad_id, route_shape) for _ in range(_bucket(len(out)) - len(out))]
     return out

@@ -3,7 +3,9 @@
 Per step: hand the engine the current policy (version = step), then run rollout iterations of the scheduler
 (`rollout.c3po_pp`: C3PO++ with carry-over, or whole synchronous batches) until the training pool holds at least
 phi response tokens of complete GRPO groups; take exactly phi of them (`assemble_step`); train once; log; save
-every `checkpoint_every` steps. What the step did not take (the cut tail and untaken responses) stays in the pool
+every `checkpoint_every` steps. `budget="groups"` trains instead on `prompts_per_batch` whole groups per step
+(`take_groups`: the sample budget C3PO replaces; the token count varies, and `aggregation: c3po` still divides by
+the constant phi). What the step did not take (the cut tail and untaken responses) stays in the pool
 for the next step (`leftover="keep"`, their tokens carry the policy version that sampled them and IcePop weighs
 the mismatch) or is dropped and counted (`leftover="drop"`, Ring-lite's C3PO).
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -36,8 +37,9 @@ from ringjax.losses import LossConfig
 from ringjax.model import Ling
 from ringjax.sharding import check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
-from ringjax.trainer.c3po import assemble_step, pack_micro_batches, response_tokens
+from ringjax.trainer.c3po import assemble_step, groups_in, pack_micro_batches, response_tokens, take_groups
 from ringjax.trainer.checkpoint import Checkpointer
+from ringjax.trainer.engines import make_engine
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.rollout_io import PromptStream, decode_pool, encode_pool, to_responses
@@ -49,9 +51,8 @@ from rollout.config import RolloutConfig
 from rollout.jax_engine import JaxEngine
 from rollout.rewards import RewardFn, RewardPool
 from rollout.types import SamplingParams
-from rollout.weights import flat_weights
 
-SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted",
+SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted", "kept",
                     "tokens_generated")
 REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8", "killed")
 
@@ -59,7 +60,9 @@ REWARD_COUNTS = ("errors", "timeouts", "invalid_utf8", "killed")
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     steps: int = 10  # optimisation steps to run (a pipeline stage sets its own)
-    phi: int = 256  # response tokens per optimisation step (Ring-lite: 409,600)
+    phi: int = 256  # response tokens per optimisation step (Ring-lite: 409,600); also the rollout iteration's target
+    budget: Literal["tokens", "groups"] = "tokens"  # tokens: C3PO steps of exactly phi tokens; groups: each step
+    # trains on prompts_per_batch whole GRPO groups, however many tokens they hold (the usual sample budget)
     prompts_per_batch: int = 4  # prompts per batch of the prompt stream; with samples_per_prompt the default omega
     samples_per_prompt: int = 4  # GRPO group size
     max_prompt_len: int = 32  # longest prompt in tokens (engine context = this + max_new_tokens); longer ones fail
@@ -88,7 +91,7 @@ class RLConfig:
     def scheduler(self) -> C3POPPConfig:
         r = self.rollout
         return C3POPPConfig(phi=self.phi, omega=self.omega, sigma=r.sigma, samples=self.samples_per_prompt,
-                            mode=r.mode)
+                            mode=r.mode, carry_kv=r.carry_kv)
 
     def __post_init__(self):
         for name in ("steps", "phi", "prompts_per_batch", "samples_per_prompt", "max_prompt_len", "max_new_tokens",
@@ -100,6 +103,8 @@ class RLConfig:
         if self.seq_len < self.max_prompt_len + self.max_new_tokens:
             raise ValueError(f"rl.seq_len={self.seq_len} < max_prompt_len + max_new_tokens "
                              f"({self.max_prompt_len} + {self.max_new_tokens}): a sequence would not fit a row")
+        if self.budget not in ("tokens", "groups"):
+            raise ValueError(f"rl.budget={self.budget!r} is not 'tokens' or 'groups'")
         if self.leftover not in ("keep", "drop"):
             raise ValueError(f"rl.leftover={self.leftover!r} is not 'keep' or 'drop'")
         if self.checkpoint_every < 0:
@@ -131,33 +136,11 @@ class RLResult:
     stopped: bool = False  # ended early by `should_stop` (checkpointed when checkpointing is on)
 
 
-def _engine(model: Ling, cfg: RLConfig, mesh, run_dir: str | None):
-    """The rollout engine of a run: embedded JAX (in this process or in Ray workers) or SGLang servers."""
-    r = cfg.rollout
-    slots = r.slots or -(-cfg.omega // max(1, r.workers))  # each worker holds its share of the pool
-    if r.engine == "sglang":
-        from ringjax.hf import save_pretrained
-        from rollout.sglang.engine import SGLangConfig, SGLangEngine
-        path = os.path.join(run_dir or tempfile.mkdtemp(prefix="ringjax_rollout_"), "rollout_init_hf")
-        save_pretrained(model, path, overwrite=True)  # the servers start from the starting weights
-        sg = SGLangConfig(model_path=path, **r.sglang)
-        if not r.workers:
-            return SGLangEngine(sg, model_config=model.config)
-        from rollout.ray_pool import RayEnginePool
-        from rollout.ray_worker import SGLangEngineFactory
-        return RayEnginePool(SGLangEngineFactory(sg, model.config), r.workers, queue_size=r.queue_size,
-                             address=r.ray_address)
-    if r.workers:
-        from rollout.ray_pool import RayEnginePool
-        from rollout.ray_worker import JaxEngineFactory
-        weights = {k: np.asarray(v) for k, v in flat_weights(model).items()}
-        factory = JaxEngineFactory(model.config, weights, slots=slots,
-                                   max_context=cfg.max_prompt_len + cfg.max_new_tokens, decode_chunk=r.decode_chunk,
-                                   seed=cfg.seed, numerics=r.numerics)
-        return RayEnginePool(factory, r.workers, queue_size=r.queue_size, address=r.ray_address)
-    return JaxEngine(model, slots=slots, max_context=cfg.max_prompt_len + cfg.max_new_tokens,
-                     decode_chunk=r.decode_chunk, seed=cfg.seed, mesh=mesh, zero_mismatch=r.zero_mismatch,
-                     zero_mismatch_rows=cfg.rows, numerics=r.numerics)
+def _enough(pool: Sequence, cfg: RLConfig) -> bool:
+    """Whether the training pool holds a step: phi tokens (token budget) or prompts_per_batch groups."""
+    if cfg.budget == "tokens":
+        return response_tokens(pool) >= cfg.phi
+    return groups_in(pool) >= cfg.prompts_per_batch
 
 
 def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, cfg: RLConfig, *,
@@ -205,7 +188,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     history, stopped = [], False
     routing = collections.Counter()  # responses whose routing record was unusable: "dropped" (replay), "missing"
     try:
-        engine = _engine(model, cfg, mesh, run_dir)
+        engine = make_engine(model, cfg, mesh, run_dir)
         while int(state.step) < cfg.steps:
             t0 = time.perf_counter()
             step, before, scored = int(state.step), collections.Counter(sched.stats), rewards.stats
@@ -215,20 +198,26 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 engine.reseed(jax.random.fold_in(state.rng, step))
             stream.drawn = []
             with use_mesh(mesh):
-                while response_tokens(pool) < cfg.phi:
+                while not _enough(pool, cfg):
                     finished = sched.run_iteration(engine)
                     if not finished and sched.exhausted:
-                        raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} of phi={cfg.phi} "
-                                           f"tokens collected; rollout errors: {sched.errors[:3]}")
+                        raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} tokens of "
+                                           f"{groups_in(pool)} groups collected (rl.budget={cfg.budget}); "
+                                           f"rollout errors: {sched.errors[:3]}")
                     pool += to_responses(finished, cfg.loss, model.config, replay, routing)
             t_rollout = time.perf_counter() - t0
-            taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
-            pool = leftover if cfg.leftover == "keep" else []
-            if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False)
+            if cfg.budget == "tokens":
+                taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
             else:
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
-            batch = stack_micro_batches(mbs, cfg.loss.aggregation, taken.phi)  # taken.phi == cfg.phi
+                taken, leftover = take_groups(pool, cfg.prompts_per_batch)
+            pool = leftover if cfg.leftover == "keep" else []
+            pad = cfg.budget == "groups"  # a varying micro-batch count: padded to powers of two (few compiles)
+            if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False,
+                                         pad_pow2=pad)
+            else:
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len, pad_pow2=pad)
+            batch = stack_micro_batches(mbs, cfg.loss.aggregation, cfg.phi)  # c3po divides by the constant phi
             with use_mesh(mesh):
                 batch = device_batch(batch, mesh)
                 if score is not None:
@@ -243,7 +232,8 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 stale_tokens_frac=float(np.mean(versions < step)), version_lag_mean=float(np.mean(step - versions)),
                 pool_tokens=response_tokens(pool), inflight_groups=len(sched.groups),
                 dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
-                rollout_s=t_rollout, step_s=elapsed, tokens_per_s=cfg.phi / elapsed, skipped_updates=int(state.skipped),
+                rollout_s=t_rollout, step_s=elapsed, tokens_per_s=taken.phi / elapsed,
+                step_responses=len(taken.responses), skipped_updates=int(state.skipped),
                 **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
                 **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
                 **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()},
@@ -253,7 +243,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             stopped = should_stop is not None and should_stop()
             if ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == cfg.steps or stopped):
                 extras = {"data": stream.state(), "pool": {"responses": encode_pool(pool)},
-                          "rollout": {"scheduler": sched.state_dict()}}
+                          "rollout": {"scheduler": sched.state_dict(engine)}}
                 ckpt.save(step + 1, flatten_state(state), extras=extras, force=True)
             if on_step is not None:
                 on_step(step + 1, metrics)
