@@ -180,18 +180,45 @@ class SFTSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class FilterSection:
+    """Ring-lite's difficulty filter: before an RL stage trains, each of its prompts is answered `samples` times by
+    the model the stage starts from (the SFT pick or the previous stage's final model) through the evaluation engine
+    (`eval.engine`), at the stage's temperature and response cap; a prompt whose pass rate (mean reward) is >= `hi`
+    (always solved) or <= `lo` (never solved) teaches nothing and is dropped (`ringjax.data.filter_by_pass_rate`).
+    The result is kept in the run's `state.json`: a resumed run reuses it. A stage left without prompts fails."""
+
+    enabled: bool = False  # measure and filter each RL stage's prompts before it trains
+    samples: int = 8  # sampled responses per prompt to measure its pass rate
+    lo: float = 0.0  # drop prompts with pass rate <= lo (never solved)
+    hi: float = 1.0  # drop prompts with pass rate >= hi (always solved)
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"filter.enabled={self.enabled!r} must be true or false")
+        if self.samples < 1:
+            raise ValueError(f"filter.samples={self.samples} must be >= 1")
+        for name in ("lo", "hi"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"filter.{name}={getattr(self, name)} must be in [0, 1]")
+        if not self.lo < self.hi:
+            raise ValueError(f"filter.lo={self.lo} and hi={self.hi}: need lo < hi")
+
+
+@dataclasses.dataclass(frozen=True)
 class StageSection:
     """One RL stage: `rl` with these `domains` (weights; prompts of other domains are not drawn), `steps` and
     further `rl` keys as a nested mapping, merged over the shared section (e.g. {"loss": {"alpha": 0.4}}).
     `enabled: false` keeps an optional stage in a config file without running it: it is checked when the config
     loads, then left out of `PipelineConfig.stages` as if it were not listed (the run, its resume state, its
-    `run.json` and `ringjax plan` never see it); `stages.N.enabled=true` turns it on."""
+    `run.json` and `ringjax plan` never see it); `stages.N.enabled=true` turns it on. `filter` keys change the
+    shared `filter` section for this stage (e.g. {"enabled": true, "hi": 0.9})."""
 
     name: str  # identifier; names the stage's folder in out/ and its metrics
     domains: dict[str, float]  # prompt domains of this stage and their mixing weights, e.g. {math: 1}
     steps: int  # RL optimisation steps of this stage
     rl: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys of the rl section to change for this stage
     enabled: bool = True  # false: an optional stage, checked but left out of the run (as if not listed)
+    filter: dict[str, Any] = dataclasses.field(default_factory=dict)  # keys of the filter section to change here
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -200,14 +227,21 @@ class StageSection:
             raise ValueError(f"stage {self.name}: domains {self.domains} must be a non-empty map of weights > 0")
         if not isinstance(self.enabled, bool):
             raise ValueError(f"stage {self.name}: enabled={self.enabled!r} must be true or false")
+        if not isinstance(self.filter, Mapping):
+            raise ValueError(f"stage {self.name}: filter={self.filter!r} must be a mapping of filter keys")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
     """Held-out accuracy (mean reward over `samples` sampled responses per prompt, as Ring's avg@k) after SFT and
-    after every RL stage; `temperature` / `max_new_tokens` None: those of the RL stage."""
+    after every RL stage; `temperature` / `max_new_tokens` None: those of the RL stage. `engine: rollout` (the
+    default) generates with the configured `rl.rollout` engine (embedded JAX in this process, Ray workers or
+    SGLang servers, started on the evaluated weights and closed after); `jax` with the embedded JAX engine in this
+    process at the trainer's numerics, sampling from `seed` (same weights, same numbers). The pass-rate filter
+    measures with the same choice (a stage's own `rl.rollout` for `rollout`)."""
 
     enabled: bool = True  # evaluate after SFT (or at the start) and after every RL stage
+    engine: Literal["rollout", "jax"] = "rollout"  # rollout: the rl.rollout engine; jax: embedded, this process
     samples: int = 4  # sampled responses per held-out prompt (avg@k)
     temperature: float | None = None  # sampling temperature; None: rl.temperature
     max_new_tokens: int | None = None  # response cap; None: rl.max_new_tokens
@@ -216,6 +250,8 @@ class EvalSection:
     def __post_init__(self):
         if self.samples < 1 or self.slots < 1:
             raise ValueError(f"eval.samples={self.samples} and eval.slots={self.slots} must be >= 1")
+        if self.engine not in ("rollout", "jax"):
+            raise ValueError(f"eval.engine={self.engine!r} is not 'rollout' or 'jax'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +279,7 @@ class PipelineConfig:
     sft: SFTSection = SFTSection()  # SFT and the entropy-band checkpoint pick
     rl: RLConfig = RLConfig()  # RL settings shared by every stage
     stages: tuple[StageSection, ...] = ()  # RL stages, run in order from the previous final model; disabled: dropped
+    filter: FilterSection = FilterSection()  # pass-rate filter of each stage's prompts (stages.N.filter changes it)
     eval: EvalSection = EvalSection()  # held-out accuracy
     export: ExportSection = ExportSection()  # the final Hugging Face folder
 
@@ -256,7 +293,8 @@ class PipelineConfig:
             raise ValueError(f"stage names {names} are not unique")
         if "sft" in names:
             raise ValueError("a stage may not be named 'sft' (the SFT stage's folder)")
-        for stage in stages:
+        for i, stage in enumerate(stages):
+            self.stage_filter(stage, f"stages.{i}.")  # a bad stage filter key fails at load time, naming its index
             if self.stage_rl(stage).checkpoint_every < 1:  # also fails at load time on a bad stage override
                 raise ValueError(f"stage {stage.name}: rl.checkpoint_every must be >= 1 (the next stage starts from "
                                  "its final checkpoint, and a rerun resumes from the newest)")
@@ -277,6 +315,16 @@ class PipelineConfig:
             return from_dict(RLConfig, values)
         except (ValueError, TypeError) as e:
             raise ValueError(f"stages.{stage.name}.rl: {e}") from e
+
+
+    def stage_filter(self, stage: StageSection, key: str | None = None) -> FilterSection:
+        """The pass-rate filter of `stage`: the shared `filter` section with the stage's `filter` keys. Errors name
+        the key as `key` + `filter.NAME` (default `stages.NAME.`)."""
+        key = f"stages.{stage.name}." if key is None else key
+        try:
+            return from_dict(FilterSection, _merge(to_dict(self.filter), stage.filter), f"{key}filter.")
+        except (ValueError, TypeError) as e:
+            raise ValueError(str(e) if f"{key}filter." in str(e) else f"{key}{e}") from e
 
 
 def _merge(base: dict, top: Mapping) -> dict:

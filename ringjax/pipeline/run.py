@@ -1,9 +1,11 @@
 """`run_pipeline`: the Ring recipe end to end. SFT -> entropy-band checkpoint -> RL stages -> eval -> HF export.
 
 Every stage writes into its own folder of `cfg.out` (`sft/`, `<stage name>/`: checkpoints and TensorBoard logs);
-`state.json` records finished stages and the held-out accuracy after each, so a rerun of the same command skips
-what is done and resumes the stage in progress from its newest checkpoint. Ctrl-C checkpoints after the current
-step and returns `{"stopped": ...}`. The final model goes to `out/hf` (safetensors + config.json + tokenizer).
+`state.json` records finished stages, the held-out accuracy after each and each RL stage's pass-rate filter
+(`filter`: the prompts the stage trains on), so a rerun of the same command skips what is done, reuses the
+filter, and resumes the stage in progress from its newest checkpoint with the same prompt stream. Ctrl-C
+checkpoints after the current step and returns `{"stopped": ...}`. The final model goes to `out/hf` (safetensors +
+config.json + tokenizer).
 """
 
 from __future__ import annotations
@@ -68,15 +70,16 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
         if only == "sft":
             summary.update(sft=state["done"]["sft"], seconds=round(time.perf_counter() - t0, 1))
             return summary
-        points = (["sft"] if cfg.sft.enabled else ["start"]) + [s.name for s in cfg.stages]
+        points = stages.eval_points(cfg)
         _evaluate(ctx, policy, points[0], state, 0)
         rl_steps = 0
         for stage in cfg.stages:
             if stage.name not in state["done"]:
+                records = filtered_prompts(ctx, stage, policy, state, rl_steps)
                 on_step, close = _progress(stage.steps, f"rl {stage.name}", progress,
                                            ("reward_mean", "icepop_masked_frac", "response_len_mean"))
                 try:
-                    result = stages.rl(ctx, stage, policy(), on_step, stop)
+                    result = stages.rl(ctx, stage, policy(), on_step, stop, records)
                 finally:
                     close()
                 if result["stopped"]:
@@ -92,6 +95,8 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool
     summary.update(accuracy={p: state["evals"][p]["accuracy"] for p in points if p in state["evals"]},
                    stages={k: {kk: v for kk, v in d.items() if not kk.endswith("_dir")}
                            for k, d in state["done"].items()},
+                   filters={k: {kk: v for kk, v in d.items() if kk != "pass_rates"}
+                            for k, d in state["filters"].items()},
                    plot=stages.plot(ctx, state, points), seconds=round(time.perf_counter() - t0, 1))
     write_json(os.path.join(out, "results.json"), summary)
     log(accuracy_table(summary["accuracy"]))
@@ -107,6 +112,50 @@ def _evaluate(ctx, policy: Callable, point: str, state: dict, rl_step: int) -> N
     write_json(os.path.join(ctx.cfg.out, "state.json"), state)
     acc = state["evals"][point]["accuracy"]
     ctx.log(f"eval after {point}: " + ", ".join(f"{d} {a:.3f}" for d, a in acc.items()))
+
+
+def filtered_prompts(ctx, stage, policy: Callable, state: dict, rl_step: int):
+    """The prompts `stage` trains on: None (all of its domains) when its filter is off; else those the pass-rate
+    filter keeps, measured with the model the stage starts from (`policy()`) or, on a rerun, from the pass rates
+    `state.json` holds (not measured again: the same prompts, so the stage resumes with the same prompt stream).
+    A new measurement is stored, logged to `out/logs/filter` at `rl_step` and printed. ValueError naming the
+    stage and the thresholds when no prompt is left."""
+    import jax
+
+    from ringjax.pipeline import stages
+    from ringjax.trainer.metrics import MetricsWriter
+
+    f = ctx.cfg.stage_filter(stage)
+    if not f.enabled:
+        return None
+    records = stages.stage_records(ctx, stage)
+    stored = state["filters"].get(stage.name)
+    if stored is None:
+        measured = stages.pass_rates(ctx, stage, policy())
+        _, counts = stages.filter_prompts(records, measured["pass_rates"], f)
+        stored = {**counts, "lo": f.lo, "hi": f.hi, "samples": f.samples, "rl_step": rl_step,
+                  "engine": measured["engine"], "failed": measured["failed"], "pass_rates": measured["pass_rates"]}
+        state["filters"][stage.name] = stored
+        write_json(os.path.join(ctx.cfg.out, "state.json"), state)
+        writer = MetricsWriter(os.path.join(ctx.cfg.out, "logs", "filter"), prefix="filter",
+                               enabled=jax.process_index() == 0)
+        try:
+            writer.write(rl_step, {f"{stage.name}_{k}": v for k, v in counts.items() if v is not None})
+        finally:
+            writer.close()
+        how = "measured"
+    else:
+        how = "stored by an earlier run"
+    kept, counts = stages.filter_prompts(records, stored["pass_rates"], f)
+    ctx.log(f"filter {stage.name}: kept {counts['kept']} of {counts['prompts']} prompts, dropped "
+            f"{counts['dropped_solved']} solved (pass rate >= {f.hi}) and {counts['dropped_unsolved']} unsolved "
+            f"(<= {f.lo}); {f.samples} samples each, {how}")
+    if not kept:
+        raise ValueError(f"stage {stage.name}: the pass-rate filter (lo={f.lo}, hi={f.hi}, {f.samples} samples) "
+                         f"dropped all {counts['prompts']} prompts ({counts['dropped_solved']} solved, "
+                         f"{counts['dropped_unsolved']} unsolved): nothing to train on; change "
+                         f"filter.lo / filter.hi (or stages.N.filter) or turn the filter off for this stage")
+    return kept
 
 
 def _stopped(summary: dict, stage: str, step: int, log: Log) -> dict:

@@ -4,7 +4,8 @@
 config (it then resumes: finished stages are skipped, the stage in progress continues from its newest checkpoint);
 a different config is refused before any compute, naming the keys that differ. The run folder itself may move: a
 `run.json` recording another `out` resumes in the new place and says so once (`run.json` is updated). `state.json`
-is rewritten atomically after every finished stage; the folders it names are relative to the run folder.
+is rewritten atomically after every finished stage, evaluation and pass-rate filter; the folders it names are
+relative to the run folder.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _with_defaults(theirs: dict) -> dict:
     """A run.json as this version reads it: a field added since it was written is absent from it and takes its
-    default (a run started before a new option existed still resumes); as stored if it no longer parses."""
+    default (a run started before a new option existed still resumes); as stored if it no longer parses. One
+    exception: a run from before `eval.engine` evaluated with the embedded JAX engine in its process, `jax`."""
+    if isinstance(theirs.get("eval"), dict) and "engine" not in theirs["eval"]:
+        theirs = {**theirs, "eval": {**theirs["eval"], "engine": "jax"}}
     try:
         return _plain(to_dict(build_config(PipelineConfig, theirs, source=RUN)))
     except (ValueError, TypeError, FileNotFoundError):
@@ -88,11 +92,14 @@ def _atomic_json(path: str, value: Any) -> None:
 
 
 def read_state(out: str) -> dict:
+    """{"done": {stage: result}, "evals": {point: held-out result}, "filters": {stage: pass-rate filter result}}
+    (a state written before a section existed reads it as empty)."""
     path = os.path.join(out, STATE)
-    if not os.path.isfile(path):
-        return {"done": {}, "evals": {}}
-    with open(path) as f:
-        return json.load(f)
+    state = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            state = json.load(f)
+    return {"done": {}, "evals": {}, "filters": {}, **state}
 
 
 class GracefulStop:

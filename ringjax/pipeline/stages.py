@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
+import numpy as np
 
+from ringjax.data import filter_by_pass_rate
 from ringjax.data.records import PromptRecord
 from ringjax.model import Ling
-from ringjax.pipeline.config import PipelineConfig, StageSection
+from ringjax.pipeline.config import FilterSection, PipelineConfig, StageSection
 from ringjax.pipeline.data import RunData, build_data
-from ringjax.pipeline.evaluate import evaluate
+from ringjax.pipeline.evaluate import engine_slots, evaluate
 from ringjax.pipeline.tokenizer import Tokenizer, train_tokenizer
+from ringjax.trainer.engines import make_engine
 from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
 from ringjax.trainer.sft import SFTExample, eval_entropies, train_sft
 from rollout.rewards import RewardRouter
@@ -87,17 +92,25 @@ def _check_sandbox(data: RunData) -> None:
             raise ValueError(f"code prompts need the sandbox, which cannot run here: {reason}")
 
 
+def eval_points(cfg: PipelineConfig) -> list[str]:
+    """The points the held-out accuracy is taken at: after SFT (or at the start), then after every RL stage."""
+    return (["sft"] if cfg.sft.enabled else ["start"]) + [s.name for s in cfg.stages]
+
+
 def _start_ray(cfg: PipelineConfig) -> None:
-    """Starts (or joins) Ray now if an RL stage still to run generates in Ray workers. Ray starts its processes
-    with a `preexec_fn`, a fork of this process, unsafe once JAX runs threads (and JAX warns); started here, the
-    stages' worker pools find it up and share it, and it stops when the process exits.
+    """Starts (or joins) Ray now if an RL stage still to run (its training or pass-rate filter), or an evaluation
+    still to take (`eval.engine: rollout`), generates in Ray workers. Ray starts its processes with a `preexec_fn`,
+    a fork of this process, unsafe once JAX runs threads (and JAX warns); started here, the stages' worker pools
+    find it up and share it, and it stops when the process exits.
 
     A cluster of our own gets token authentication, asked for as Ray documents it (`RAY_AUTH_MODE=token`, read when
     Ray is imported; Ray then generates the token) unless the user chose a mode; a joined cluster keeps its own."""
     from ringjax.pipeline.run_dir import read_state
 
-    done = read_state(cfg.out)["done"]
-    rollouts = [cfg.stage_rl(s).rollout for s in cfg.stages if s.name not in done]
+    state = read_state(cfg.out)
+    rollouts = [cfg.stage_rl(s).rollout for s in cfg.stages if s.name not in state["done"]]
+    if cfg.eval.enabled and cfg.eval.engine == "rollout" and set(eval_points(cfg)) - set(state["evals"]):
+        rollouts.append(cfg.rl.rollout)
     addresses = {r.ray_address for r in rollouts if r.workers}
     if len(addresses) != 1:  # none, or stages that join different clusters: each pool starts its own, as before
         return
@@ -194,21 +207,22 @@ def pick(run_dir: str, band: tuple[float, float], miss: str) -> tuple[int, float
     return step, known[step], False
 
 
-def _records(ctx: Context, stage: StageSection) -> list[PromptRecord]:
+def stage_records(ctx: Context, stage: StageSection) -> list[PromptRecord]:
     records = [r for r in ctx.data.prompts if r.domain in stage.domains]
     if not records:
         raise ValueError(f"stage {stage.name}: no RL prompt of domains {sorted(stage.domains)}")
     return records
 
 
-def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop) -> dict:
+def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop,
+       records: Sequence[PromptRecord] | None = None) -> dict:
+    """Trains `stage` from `model` on `records` (default: every RL prompt of its domains)."""
     from ringjax.trainer.rl import train_rl
 
-    cfg = ctx.cfg.stage_rl(stage)
-    if cfg.eos_id is None:
-        cfg = dataclasses.replace(cfg, eos_id=ctx.tokenizer.eos_id)
+    cfg = _stage_rl(ctx, stage)
     run_dir = os.path.join(ctx.cfg.out, stage.name)
-    result = train_rl(model, _records(ctx, stage), RewardRouter(), cfg, run_dir=run_dir, mesh=ctx.mesh,
+    records = stage_records(ctx, stage) if records is None else records
+    result = train_rl(model, records, RewardRouter(), cfg, run_dir=run_dir, mesh=ctx.mesh,
                       encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode, on_step=on_step, should_stop=stop)
     step = int(result.state.step)
     if result.stopped:
@@ -218,17 +232,67 @@ def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop) -> dict:
             "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
 
 
+def _stage_rl(ctx: Context, stage: StageSection):
+    cfg = ctx.cfg.stage_rl(stage)
+    return cfg if cfg.eos_id is not None else dataclasses.replace(cfg, eos_id=ctx.tokenizer.eos_id)
+
+
+@contextlib.contextmanager
+def _eval_engine(ctx: Context, model: Ling, rl_cfg, requests: int, max_context: int) -> Iterator:
+    """The engine an evaluation of `requests` responses generates with: None with `eval.engine: jax` (`evaluate`
+    builds its embedded engine), else `rl_cfg.rollout`'s, started on `model`'s weights (an SGLang server starts
+    from an export into a temporary folder) and closed after."""
+    if ctx.cfg.eval.engine == "jax":
+        yield None
+        return
+    workers = rl_cfg.rollout.workers
+    slots = engine_slots(-(-min(ctx.cfg.eval.slots, requests) // max(1, workers)), None if workers else ctx.mesh)
+    with tempfile.TemporaryDirectory(prefix="ringjax_eval_") as tmp:
+        engine = make_engine(model, rl_cfg, ctx.mesh, tmp, slots=slots, max_context=max_context, seed=ctx.cfg.seed)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
+def _measure(ctx: Context, model: Ling, records: Sequence[PromptRecord], rl_cfg, samples: int,
+             temperature: float | None = None, max_new_tokens: int | None = None, pass_rates: bool = False) -> dict:
+    """`evaluate` of `model` on `records` with the evaluation engine of `rl_cfg` (its sampling unless given)."""
+    max_new = max_new_tokens or rl_cfg.max_new_tokens
+    temp = temperature if temperature is not None else rl_cfg.temperature
+    sampling = SamplingParams(temp, 1.0, max_new, (ctx.tokenizer.eos_id,))
+    max_context = rl_cfg.max_prompt_len + max_new
+    with _eval_engine(ctx, model, rl_cfg, len(records) * samples, max_context) as engine:
+        return evaluate(model, records, RewardRouter(), encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode,
+                        sampling=sampling, samples=samples, slots=ctx.cfg.eval.slots, max_context=max_context,
+                        seed=ctx.cfg.seed, mesh=ctx.mesh, engine=engine, pass_rates=pass_rates)
+
+
+def pass_rates(ctx: Context, stage: StageSection, model: Ling) -> dict:
+    """`evaluate` of `model` on the RL prompts of `stage` (`filter.samples` each, the stage's sampling, the
+    evaluation engine of the stage's `rl.rollout`), with "pass_rates": {prompt id: mean reward}."""
+    f = ctx.cfg.stage_filter(stage)
+    return _measure(ctx, model, stage_records(ctx, stage), _stage_rl(ctx, stage), f.samples, pass_rates=True)
+
+
+def filter_prompts(records: Sequence[PromptRecord], rates: dict[str, float],
+                   f: FilterSection) -> tuple[list[PromptRecord], dict]:
+    """(kept records, counts {prompts, kept, dropped_solved, dropped_unsolved, pass_rate_mean}) of the pass-rate
+    filter `f` (`ringjax.data.filter_by_pass_rate`: >= hi solved, <= lo unsolved)."""
+    kept, stats = filter_by_pass_rate(records, rates, f.lo, f.hi)
+    measured = [rates[r.id] for r in records if r.id in rates]
+    return kept, {"prompts": len(records), "kept": stats.kept, "dropped_solved": stats.dropped_solved,
+                  "dropped_unsolved": stats.dropped_unsolved, "unmeasured": stats.unmeasured,
+                  "pass_rate_mean": float(np.mean(measured)) if measured else None}
+
+
 def evaluate_model(ctx: Context, model: Ling, rl_step: int, log: bool = True) -> dict:
-    """Held-out accuracy of `model`; logged to `out/logs/eval` at `rl_step` when `log`."""
+    """Held-out accuracy of `model` through the evaluation engine (`eval.engine`); logged to `out/logs/eval` at
+    `rl_step` when `log`."""
     from ringjax.trainer.metrics import MetricsWriter
 
-    e, rl_cfg = ctx.cfg.eval, ctx.cfg.rl
-    max_new = e.max_new_tokens or rl_cfg.max_new_tokens
-    sampling = SamplingParams(e.temperature if e.temperature is not None else rl_cfg.temperature, 1.0, max_new,
-                              (ctx.tokenizer.eos_id,))
-    result = evaluate(model, ctx.data.eval, RewardRouter(), encode=ctx.tokenizer.encode,
-                      decode=ctx.tokenizer.decode, sampling=sampling, samples=e.samples, slots=e.slots,
-                      max_context=rl_cfg.max_prompt_len + max_new, seed=ctx.cfg.seed, mesh=ctx.mesh)
+    e = ctx.cfg.eval
+    result = _measure(ctx, model, ctx.data.eval, ctx.cfg.rl, e.samples, e.temperature, e.max_new_tokens)
     writer = MetricsWriter(os.path.join(ctx.cfg.out, "logs", "eval"), prefix="eval",
                            enabled=log and jax.process_index() == 0)
     try:
