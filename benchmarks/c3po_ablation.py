@@ -1,7 +1,7 @@
-"""The C3PO ablation: Ring-lite's token budget against the sample budget, under varying response lengths.
+"""The C3PO ablation: Ring-lite's token budget against the sample budget, on the demo's math RL.
 
-    PYTHONPATH=. python3 benchmarks/c3po_ablation.py --seeds 0,1,2 [--arms c3po,seq_mean,token_mean] [--steps 150]
-        [--phi 1180] [--checkpoint STEP_DIR] [--root runs/c3po_ablation] [--smoke] [--out FILE]
+    PYTHONPATH=. python3 benchmarks/c3po_ablation.py --seeds 0,1,2 [--arms c3po,seq_mean,token_mean] [--steps 250]
+        [--phi 1200] [--checkpoint STEP_DIR] [--root runs/c3po_ablation] [--smoke] [--out FILE]
 
 Every arm starts from the same model: the demo's (ringjax/pipeline/demo.yaml, math only) after its SFT recipe and
 entropy-band pick (`mismatch_sources.demo_model`, or --checkpoint). Each (arm, seed) then runs `train_rl` for --steps
@@ -10,29 +10,43 @@ in-process and `rollout.mode=sync` in every arm (whole batches of 8 groups, no p
 isolated from C3PO++); the seed sets the prompt order and the sampling. Arms (`ARMS`), the rest of the config equal:
 - `c3po` (Ring-lite's C3PO, the demo's RL default): `rl.budget=tokens`, `loss.aggregation=c3po`: every step trains
   on exactly phi = --phi response tokens (the last response cut), the loss summed over tokens and divided by phi; the
-  rest of the rollouts waits for the next step (`rl.leftover=keep`, the demo's; `stale_tokens_frac` says how much);
+  rest of the rollouts waits for the next step (`rl.leftover=keep`, the demo's). In sync mode that rest is most of
+  the next step: a rollout iteration generates whole batches until it holds phi tokens, and the pool is taken oldest
+  first, so much of what this arm trains on comes from an older policy (`stale_tokens_frac`: 0.99 and 1.0 at
+  steps 2 and 3 of a timed run);
 - `seq_mean`: `rl.budget=groups`, `loss.aggregation=seq_mean`: every step trains on the 8 whole groups of one
   rollout batch, whatever their token count; per-response mean, then mean over responses (GRPO);
 - `token_mean`: the same groups, summed over tokens / the step's token count (DAPO);
-- `c3po_drop` (not in the default arms): `c3po` with `rl.leftover=drop`: on-policy, the rest of each batch dropped.
+- `c3po_drop` (not in the default arms): `c3po` with `rl.leftover=drop`: on-policy like the groups arms, the rest of
+  each iteration's batches dropped (`dropped_tokens`; an iteration generates one or two batches).
 The groups arms set `rl.phi` to its least value, max_new_tokens (32): there phi only sets the rollout iteration's
 token target, so each step is exactly one rollout batch (64 responses hold more than 32 tokens), all on-policy.
---phi (default 1180) equals the mean tokens of a groups step of this model (64 responses of ~18.4 tokens, measured
-on the 500-step SFT model), so the arms train on about the same tokens per step on average; the summary prints the
-groups arms' measured mean next to it.
+--phi (default 1200) is the mean tokens of a groups step of this model: 64 x 18.55 = 1187 from 512 responses of the
+500-step SFT model, 1217 over the first 6 steps of a `seq_mean` run; so the arms train on about the same tokens per
+step on average (the summary's `tokens_per_step` of the groups arms shows the match).
 
-Response lengths vary (the math answers are 2-3 operand sums, the traces of different lengths, up to 32 tokens): the
-summary reports their spread across responses of the starting model and of every run's final model (--length-prompts
-RL prompts x 8 samples) and across steps (std of `response_len_mean`, and of the groups arms' tokens per step).
+Response lengths: the summary reports their spread across responses of the starting model and of every run's final
+model (--length-prompts RL prompts x 8 samples: std, quantiles, the mean std within a GRPO group) and across steps
+(std of `response_len_mean`, and of the groups arms' tokens per step). On the demo's math they vary little: the
+answer traces of 3-operand sums (~92% of the prompts) are 19 tokens, of 2-operand sums ~12; the SFT model's lengths
+have std 2.2 tokens (p10 = p50 = p90 = 19) and 0.22 within a group, so a groups step's token count moves by ~4%
+(std ~50 of ~1200 tokens).
 Held-out math accuracy (the demo's held-out prompts, --eval-samples samples each, temperature 1) is measured at the
 start and at every checkpoint (--eval-points per run).
 
-Size: a timed 3-step run of one arm (2 cores) took ~0.8 s per RL step and ~4 s per held-out evaluation; the default
-150 steps x 5 evaluations is ~2.5 min per run, ~25 min for 3 seeds x 3 arms, plus the SFT (~2 min). <TIMING>
+Size. Timed 3-step runs of `c3po` and `seq_mean` (and 6 of `seq_mean`) from the 500-step SFT checkpoint, on 2 cores
+shared with other jobs (load average 4-5): the first step compiles (~105 s; `seq_mean` compiles again at step 2,
+~70 s, for a new padded micro-batch count), then ~3 s per `seq_mean` step and ~1.2 s per `c3po` step (a third of
+them generate nothing), ~7 s per held-out evaluation. The same demo RL ran at ~0.5 s per step, compiles and
+evaluations included, in the mismatch ablation on an idle machine, i.e. ~3x faster; at that rate, with the compiles
+cached after the first run, the default 250 steps x 5 evaluations take ~4.5 min per groups run and ~2 min per
+`c3po` run: ~33 min for 3 seeds x 3 arms, plus ~4 min of SFT, start-up and first compiles (~37 min in all;
+`c3po_drop` adds ~8 min; 2-3x all that on a loaded machine).
 
-Each (arm, seed) runs in ROOT/ARM_seedS; a folder that already holds checkpoints is resumed, so an ablation of
-another size needs its own --root. Prints one JSON line per run and a final {"summary": ...} line; --out gets
-everything, per-step metrics included (the notebook notebooks/c3po_ablation.ipynb plots that file).
+XLA compilations are cached in ROOT/xla_cache (every run compiles the same functions). Each (arm, seed) runs in
+ROOT/ARM_seedS; a folder that already holds checkpoints is resumed, so an ablation of another size needs its own
+--root. Prints one JSON line per run and a final {"summary": ...} line; --out gets everything, per-step metrics
+included (the notebook notebooks/c3po_ablation.ipynb plots that file).
 """
 
 from __future__ import annotations
@@ -166,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of {', '.join(ARMS)}")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--phi", type=int, default=1180,
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--phi", type=int, default=1200,
                         help="tokens per step of the token-budget arms: the mean tokens of a groups step")
     parser.add_argument("--eval-points", type=int, default=5, help="held-out evaluations per run (checkpoints)")
     parser.add_argument("--eval-samples", type=int, default=4)
@@ -177,16 +191,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the SFT run and its data")
     parser.add_argument("--root", default="runs/c3po_ablation")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny SFT, 2 prompts x 4 samples, phi 128, 2 steps, 1 eval sample: mechanics only")
+                        help="no SFT, 2 prompts x 4 samples, phi 128, 2 steps, 1 eval sample: mechanics only")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown {unknown}; known: {sorted(ARMS)}")
     if args.smoke:
-        args.sft_steps, args.steps, args.eval_points, args.eval_samples = 20, 2, 1, 1
+        args.sft_steps, args.steps, args.eval_points, args.eval_samples = 0, 2, 1, 1  # the demo's random init
         args.phi, args.length_prompts = 128, 8
     os.makedirs(args.root, exist_ok=True)
+    # every arm compiles the same train step and engine: a persistent XLA cache compiles them once per ablation
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.root), "xla_cache"))
     t0 = time.perf_counter()
     model, ctx, sft = demo_model(args, os.path.join(os.path.abspath(args.root), "sft"))
     if args.checkpoint:

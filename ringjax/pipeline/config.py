@@ -316,7 +316,6 @@ class PipelineConfig:
         except (ValueError, TypeError) as e:
             raise ValueError(f"stages.{stage.name}.rl: {e}") from e
 
-
     def stage_filter(self, stage: StageSection, key: str | None = None) -> FilterSection:
         """The pass-rate filter of `stage`: the shared `filter` section with the stage's `filter` keys. Errors name
         the key as `key` + `filter.NAME` (default `stages.NAME.`)."""
