@@ -55,21 +55,20 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 import types
 
-import jax
 import numpy as np
 
+from _lab import SMOKE_GROUPS, add_lab_args, checkpoint_accuracy, compile_cache, log, start_model, train_math
+from _lab import mean_std as _mean_std
+from _lab import short as _short
 from _summary import emit_summary
-from mismatch_ablation import _mean_std, _short, heldout
-from mismatch_sources import demo_model, requests_of, sample_jax
+from mismatch_sources import requests_of, sample_jax
 from ringjax.config_io import build_config, to_dict
-from ringjax.trainer.model_checkpoint import restore_model
-from ringjax.trainer.rl import RLConfig, train_rl
+from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
+from ringjax.trainer.rl import RLConfig
 from rollout.numerics import EngineNumerics
-from rollout.rewards import RewardRouter
 
 ARMS = {  # name -> RL config overrides (phi is set per budget in `rl_config`)
     "c3po": ["budget=tokens", "loss.aggregation=c3po"],
@@ -81,10 +80,6 @@ DEFAULT_ARMS = "c3po,seq_mean,token_mean"
 KEPT = ("reward_mean", "grad_norm", "tokens", "step_responses", "step_s", "rollout_s", "tokens_per_s",
         "response_len_mean", "entropy_mean", "stale_tokens_frac", "version_lag_mean", "pool_tokens", "dropped_tokens",
         "rollout_tokens_generated", "clip_frac")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def length_spread(model, ctx, args) -> dict:
@@ -110,7 +105,7 @@ def rl_config(ctx, arm: str, seed: int, args, every: int) -> RLConfig:
                  "rollout.workers=0", "rollout.mode=sync", f"eos_id={ctx.tokenizer.eos_id}",
                  f"phi={args.phi if budget == 'tokens' else ctx.cfg.rl.max_new_tokens}", *ARMS[arm]]
     if args.smoke:
-        overrides += ["prompts_per_batch=2", "samples_per_prompt=4", "rollout.omega=8"]
+        overrides += SMOKE_GROUPS
     return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, f"arm {arm}")
 
 
@@ -118,17 +113,10 @@ def run_arm(model, ctx, arm: str, seed: int, args) -> dict:
     every = max(1, args.steps // args.eval_points)
     cfg = rl_config(ctx, arm, seed, args, every)
     run_dir = os.path.join(args.root, f"{arm}_seed{seed}")
+    result, seconds = train_math(model, ctx, cfg, run_dir)
     t0 = time.perf_counter()
-    records = [r for r in ctx.data.prompts if r.domain == "math"]
-    result = train_rl(model, records, RewardRouter(), cfg, run_dir=run_dir, encode=ctx.tokenizer.encode,
-                      decode=ctx.tokenizer.decode)
-    seconds, t0 = time.perf_counter() - t0, time.perf_counter()
-    ckpts = os.path.join(run_dir, "checkpoints")
-    accuracy, final = {}, None
-    for step in sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()):
-        final = restore_model(os.path.join(ckpts, str(step)))
-        accuracy[step] = heldout(final, ctx, args)
-    lengths = length_spread(final, ctx, args)
+    accuracy = checkpoint_accuracy(ctx, run_dir, args)
+    lengths = length_spread(restore_model(latest_step_dir(os.path.join(run_dir, "checkpoints"))), ctx, args)
     history = [{k: _short(h.get(k)) for k in KEPT} | {"step": h["step"], "tokens": int(h["tokens"])}
                for h in result.history]
     rl = {"budget": cfg.budget, "aggregation": cfg.loss.aggregation, "phi": cfg.phi, "leftover": cfg.leftover,
@@ -178,21 +166,13 @@ def summarize(runs: list[dict], start_accuracy: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
+    add_lab_args(parser, "runs/c3po_ablation", 5,
+                 "no SFT, 2 prompts x 4 samples, phi 128, 2 steps, 1 eval sample: mechanics only")
     parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--phi", type=int, default=1200,
                         help="tokens per step of the token-budget arms: the mean tokens of a groups step")
-    parser.add_argument("--eval-points", type=int, default=5, help="held-out evaluations per run (checkpoints)")
-    parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--length-prompts", type=int, default=64, help="RL prompts of each response-length spread")
-    parser.add_argument("--checkpoint", help="start from this demo-run step folder instead of a fresh SFT")
-    parser.add_argument("--sft-steps", type=int, default=500, help="SFT steps of the demo's recipe (its own: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the SFT run and its data")
-    parser.add_argument("--root", default="runs/c3po_ablation")
-    parser.add_argument("--smoke", action="store_true",
-                        help="no SFT, 2 prompts x 4 samples, phi 128, 2 steps, 1 eval sample: mechanics only")
-    parser.add_argument("--out")
     args = parser.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
@@ -202,14 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
         args.phi, args.length_prompts = 128, 8
     os.makedirs(args.root, exist_ok=True)
     # every arm compiles the same train step and engine: a persistent XLA cache compiles them once per ablation
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.root), "xla_cache"))
+    with compile_cache(os.path.join(os.path.abspath(args.root), "xla_cache")):
+        return run_all(args)
+
+
+def run_all(args) -> dict:
     t0 = time.perf_counter()
-    model, ctx, sft = demo_model(args, os.path.join(os.path.abspath(args.root), "sft"))
-    if args.checkpoint:
-        sft["checkpoint"] = args.checkpoint  # as typed
-    start = heldout(model, ctx, args)
+    model, ctx, sft, start = start_model(args, "c3po_ablation")
     lengths = length_spread(model, ctx, args)
-    log(f"c3po_ablation: start accuracy {start:.3f}, response lengths {lengths} ({sft}); {jax.device_count()} devices")
+    log(f"c3po_ablation: start response lengths {lengths}")
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms.split(","):
@@ -220,7 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
                "start_lengths": lengths, "arms": summarize(runs, start), "seconds": round(time.perf_counter() - t0, 1)}
     emit_summary({**summary, "runs": runs}, args.out, shown=summary)
     return {**summary, "runs": runs}
-
 
 if __name__ == "__main__":
     main()

@@ -55,23 +55,21 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 
 import jax
 import numpy as np
-from jax.experimental.compilation_cache import compilation_cache
 
+from _lab import add_lab_args, checkpoint_accuracy, compile_cache, log, math_records, start_model
+from _lab import mean_std as _mean_std
+from _lab import short as _short
 from _summary import emit_summary
-from mismatch_ablation import _mean_std, _short, heldout
-from mismatch_sources import demo_model
 from ringjax.config_io import build_config, to_dict
-from ringjax.trainer.model_checkpoint import restore_model
+from ringjax.trainer.checkpoint import checkpoint_steps
 from ringjax.trainer.rl import RLConfig, train_rl
 from rollout.rewards import RewardRouter
 from rollout.rewards.base import Verdict
@@ -86,10 +84,6 @@ KEPT = ("reward_mean", "response_len_mean", "grad_norm", "tokens", "stale_tokens
         "rollout_completed_groups", "rollout_dropped_groups", "rollout_dropped_tokens", "rollout_resubmitted",
         "rollout_kept", "rollout_tokens_generated")
 MATH_EXPR = re.compile(r"Compute ([0-9+\-*]+)\.")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- arms --------------------------------------------------------------------------------------------------------------
@@ -228,11 +222,6 @@ def _mean(values: list[float]) -> float | None:
 
 
 # -- one run -----------------------------------------------------------------------------------------------------------
-def _latest_step(ckpts: str) -> int:
-    steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
-    return max(steps, default=0)
-
-
 def _read_rows(path: str, upto: int) -> list[dict]:
     """Per-step rows of an earlier attempt, up to the checkpoint the run resumes from."""
     if not os.path.isfile(path):
@@ -246,11 +235,10 @@ def run_arm(model, ctx, arm: str, seed: int, args, start: float) -> dict:
     run_dir = os.path.join(args.root, f"{arm}_seed{seed}")
     ckpts = os.path.join(run_dir, "checkpoints")
     os.makedirs(run_dir, exist_ok=True)
-    resumed = _latest_step(ckpts)
+    resumed = max(checkpoint_steps(ckpts), default=0)
     rows_path = os.path.join(run_dir, "steps.jsonl")
     rows = _read_rows(rows_path, resumed)
     probe = Probe(ctx.tokenizer, RewardRouter(), cfg.eos_id, resumed + 1)
-    records = [r for r in ctx.data.prompts if r.domain == "math"]
     t0 = time.perf_counter()
     with open(rows_path, "w") as f, CompileClock() as clock:
         for row in rows:
@@ -266,7 +254,7 @@ def run_arm(model, ctx, arm: str, seed: int, args, start: float) -> dict:
             f.flush()
 
         clock.take()  # what compiled before the run (the evaluation of an earlier run) is not its
-        train_rl(model, records, probe.reward, cfg, run_dir=run_dir, encode=probe.encode, decode=probe.decode,
+        train_rl(model, math_records(ctx), probe.reward, cfg, run_dir=run_dir, encode=probe.encode, decode=probe.decode,
                  on_step=on_step)
     seconds = time.perf_counter() - t0
     if [r["step"] for r in rows] != list(range(1, cfg.steps + 1)):
@@ -277,11 +265,10 @@ def run_arm(model, ctx, arm: str, seed: int, args, start: float) -> dict:
     at = {r["step"]: i for i, r in enumerate(rows)}
     points = [{"step": 0, "tokens": 0, "wall_s": 0.0, "accuracy": start}]
     t_eval = time.perf_counter()
-    for step in sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()):
+    for step, accuracy in checkpoint_accuracy(ctx, run_dir, args).items():
         i = at.get(step)
         points.append({"step": step, "tokens": None if i is None else int(cum_tokens[i]),
-                       "wall_s": None if i is None else round(float(cum_wall[i]), 2),
-                       "accuracy": heldout(restore_model(os.path.join(ckpts, str(step))), ctx, args)})
+                       "wall_s": None if i is None else round(float(cum_wall[i]), 2), "accuracy": accuracy})
     return {"arm": arm, "seed": seed, "phi": cfg.phi, "sigma": cfg.rollout.sigma, "steps": cfg.steps,
             "rl_s": round(seconds, 1), "eval_s": round(time.perf_counter() - t_eval, 1), "resumed_from": resumed,
             "accuracy": points, "history": rows}
@@ -406,37 +393,13 @@ def _reward_by_age_pooled(runs: list[dict]) -> list[float | None]:
 
 
 # -- main --------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def compile_cache(folder: str):
-    """JAX's persistent compilation cache in `folder` while the block runs: every run builds its own jitted train
-    step, and runs of the same shapes then load it instead of compiling it again."""
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    compilation_cache.reset_cache()  # a cache checked (and found off) by an earlier compile is checked again
-    try:
-        yield
-    finally:
-        jax.config.update("jax_compilation_cache_dir", old[0])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-        compilation_cache.reset_cache()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
+    add_lab_args(parser, "runs/c3po_pp_ablation", 5, "tiny SFT, 3 steps, 1 eval sample: mechanics only")
     parser.add_argument("--arms", default=DEFAULT_ARMS)
     parser.add_argument("--steps", type=int, default=60, help="steps at the demo's phi (others: the same tokens)")
-    parser.add_argument("--eval-points", type=int, default=5, help="held-out evaluations per run (checkpoints)")
-    parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--target", type=float, default=0.5,
                         help="target accuracy: start + this fraction of the sync arm's mean gain")
-    parser.add_argument("--checkpoint", help="start from this demo-run step folder instead of a fresh SFT")
-    parser.add_argument("--sft-steps", type=int, default=500, help="SFT steps of the demo's recipe (its own: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the SFT run and its data")
-    parser.add_argument("--root", default="runs/c3po_pp_ablation")
-    parser.add_argument("--smoke", action="store_true", help="tiny SFT, 3 steps, 1 eval sample: mechanics only")
-    parser.add_argument("--out")
     args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     for arm in arms:
@@ -455,11 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_all(args, arms: list[str]) -> dict:
     t0 = time.perf_counter()
-    model, ctx, sft = demo_model(args, os.path.join(os.path.abspath(args.root), "sft"))
-    if args.checkpoint:
-        sft["checkpoint"] = args.checkpoint  # as typed
-    start = heldout(model, ctx, args)
-    log(f"c3po_pp_ablation: start accuracy {start:.3f} ({sft}); {jax.device_count()} devices")
+    model, ctx, sft, start = start_model(args, "c3po_pp_ablation")
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in arms:

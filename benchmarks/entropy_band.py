@@ -45,31 +45,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 
 import numpy as np
 
+from _lab import SMOKE_RL, checkpoint_accuracy, heldout, log, train_math
+from _lab import mean_std as _mean_std
+from _lab import short as _short
 from _summary import emit_summary
-from mismatch_ablation import _mean_std, _short, heldout
 from mismatch_sources import MATH_ONLY
 from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline import stages
 from ringjax.pipeline.config import load_pipeline
 from ringjax.trainer.metrics import read_metrics
 from ringjax.trainer.model_checkpoint import restore_model
-from ringjax.trainer.rl import RLConfig, train_rl
+from ringjax.trainer.rl import RLConfig
 from ringjax.trainer.sft import ENTROPY_BAND, eval_entropies
-from rollout.rewards import RewardRouter
 
 BANDS = {"band": tuple(ENTROPY_BAND), "band_demo": (0.1, 0.3)}  # Ring-lite's band; the demo's (demo.yaml)
 PICKS = ("band", "band_demo", "lowest_loss", "last", "early")
 KEPT = ("reward_mean", "grad_norm", "entropy_mean", "response_len_mean", "correction_zero_frac")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- SFT and its checkpoints -------------------------------------------------------------------------------------------
@@ -141,7 +137,7 @@ def rl_config(ctx, seed: int, args, every: int) -> RLConfig:
     overrides = [f"steps={args.rl_steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
                  "rollout.workers=0", f"eos_id={ctx.tokenizer.eos_id}"]
     if args.smoke:
-        overrides += ["phi=128", "prompts_per_batch=2", "samples_per_prompt=4", "rollout.omega=8"]
+        overrides += SMOKE_RL
     return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, "entropy_band rl")
 
 
@@ -150,14 +146,8 @@ def run_rl(ctx, sft_dir: str, step: int, seed: int, args) -> dict:
     every = max(1, args.rl_steps // args.eval_points)
     run_dir = os.path.join(args.root, "rl", f"step{step}_seed{seed}")
     model = restore_model(os.path.join(sft_dir, "checkpoints", str(step)))
-    records = [r for r in ctx.data.prompts if r.domain == "math"]
-    t0 = time.perf_counter()
-    train_rl(model, records, RewardRouter(), rl_config(ctx, seed, args, every), run_dir=run_dir,
-             encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode)
-    seconds = time.perf_counter() - t0
-    ckpts = os.path.join(run_dir, "checkpoints")
-    accuracy = {str(s): heldout(restore_model(os.path.join(ckpts, str(s))), ctx, args)
-                for s in sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())}
+    _, seconds = train_math(model, ctx, rl_config(ctx, seed, args, every), run_dir)
+    accuracy = {str(s): a for s, a in checkpoint_accuracy(ctx, run_dir, args).items()}
     rows = {int(r["step"]): r for r in read_metrics(os.path.join(run_dir, "logs"))}  # a resumed run: the last row
     history = [{k: _short(rows[s].get(k)) for k in KEPT} | {"step": s} for s in sorted(rows)]
     return {"start_step": step, "seed": seed, "rl_s": round(seconds, 1), "accuracy": accuracy, "history": history}

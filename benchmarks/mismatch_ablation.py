@@ -23,21 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
 
-import jax
 import numpy as np
 
+from _lab import SMOKE_RL, add_lab_args, checkpoint_accuracy, start_model, train_math
+from _lab import mean_std as _mean_std
+from _lab import short as _short
 from _summary import emit_summary
-from mismatch_sources import demo_model
 from ringjax.config_io import build_config, to_dict
-from ringjax.pipeline.evaluate import evaluate
-from ringjax.trainer.model_checkpoint import restore_model
-from ringjax.trainer.rl import RLConfig, train_rl
-from rollout.rewards import RewardRouter
-from rollout.types import SamplingParams
+from ringjax.trainer.rl import RLConfig
 
 ARMS = {  # name -> RL config overrides
     "none": ["loss.correction=none"],
@@ -54,27 +49,12 @@ KEPT = ("reward_mean", "grad_norm", "correction_zero_frac", "icepop_masked_frac"
         "routing_disagree", "entropy_mean", "response_len_mean", "routing_dropped")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def heldout(model, ctx, args) -> float:
-    """Mean math reward over the held-out prompts (avg@k)."""
-    rl = ctx.cfg.rl
-    records = [r for r in ctx.data.eval if r.domain == "math"]
-    sampling = SamplingParams(rl.temperature, 1.0, rl.max_new_tokens, (ctx.tokenizer.eos_id,))
-    result = evaluate(model, records, RewardRouter(), encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode,
-                      sampling=sampling, samples=args.eval_samples, slots=64,
-                      max_context=rl.max_prompt_len + rl.max_new_tokens, seed=1234)
-    return result["accuracy"]["math"]
-
-
 def rl_config(ctx, arm: str, seed: int, args, every: int) -> RLConfig:
     overrides = [f"steps={args.steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
                  "rollout.workers=0", f"rollout.numerics.weight_noise={args.noise}", f"rollout.numerics.seed={seed}",
                  f"eos_id={ctx.tokenizer.eos_id}", *ARMS[arm]]
     if args.smoke:
-        overrides += ["phi=128", "prompts_per_batch=2", "samples_per_prompt=4", "rollout.omega=8"]
+        overrides += SMOKE_RL
     return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, f"arm {arm}")
 
 
@@ -82,27 +62,10 @@ def run_arm(model, ctx, arm: str, seed: int, args) -> dict:
     every = max(1, args.steps // args.eval_points)
     cfg = rl_config(ctx, arm, seed, args, every)
     run_dir = os.path.join(args.root, f"{arm}_seed{seed}")
-    t0 = time.perf_counter()
-    records = [r for r in ctx.data.prompts if r.domain == "math"]
-    result = train_rl(model, records, RewardRouter(), cfg, run_dir=run_dir, encode=ctx.tokenizer.encode,
-                      decode=ctx.tokenizer.decode)
-    seconds = time.perf_counter() - t0
-    ckpts = os.path.join(run_dir, "checkpoints")
-    accuracy = {}
-    for step in sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()):
-        accuracy[step] = heldout(restore_model(os.path.join(ckpts, str(step))), ctx, args)
+    result, seconds = train_math(model, ctx, cfg, run_dir)
+    accuracy = checkpoint_accuracy(ctx, run_dir, args)
     history = [{k: _short(h.get(k)) for k in KEPT} | {"step": h["step"]} for h in result.history]
     return {"arm": arm, "seed": seed, "rl_s": round(seconds, 1), "accuracy": accuracy, "history": history}
-
-
-def _short(value):
-    """Floats to 4 significant digits (the stored file stays small)."""
-    return float(f"{value:.4g}") if isinstance(value, float) else value
-
-
-def _mean_std(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
 
 
 def summarize(runs: list[dict], start_accuracy: float) -> dict:
@@ -125,19 +88,11 @@ def summarize(runs: list[dict], start_accuracy: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
+    add_lab_args(parser, "runs/mismatch_ablation", 3, "tiny SFT, 2 steps, 1 eval sample: mechanics only")
     parser.add_argument("--arms", default="none,icepop,icepop_tight,kpop,r3,r3_icepop")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--noise", type=float, default=0.2, help="rollout.numerics.weight_noise of every arm")
-    parser.add_argument("--eval-points", type=int, default=3, help="held-out evaluations per run (checkpoints)")
-    parser.add_argument("--eval-samples", type=int, default=4)
-    parser.add_argument("--checkpoint", help="start from this demo-run step folder instead of a fresh SFT")
-    parser.add_argument("--sft-steps", type=int, default=500, help="SFT steps of the demo's recipe (its own: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the SFT run and its data")
     parser.add_argument("--max-new-tokens", type=int, default=0)
-    parser.add_argument("--root", default="runs/mismatch_ablation")
-    parser.add_argument("--smoke", action="store_true", help="tiny SFT, 2 steps, 1 eval sample: mechanics only")
-    parser.add_argument("--out")
     args = parser.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
@@ -146,11 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.sft_steps, args.steps, args.eval_points, args.eval_samples = 20, 2, 1, 1
     os.makedirs(args.root, exist_ok=True)
     t0 = time.perf_counter()
-    model, ctx, sft = demo_model(args, os.path.join(os.path.abspath(args.root), "sft"))
-    if args.checkpoint:
-        sft["checkpoint"] = args.checkpoint  # as typed
-    start = heldout(model, ctx, args)
-    log(f"mismatch_ablation: start accuracy {start:.3f} ({sft}); {jax.device_count()} devices")
+    model, ctx, sft, start = start_model(args, "mismatch_ablation")
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms.split(","):

@@ -93,16 +93,9 @@ CPP = dataclasses.replace(CFG, steps=4, stop_ids=tuple(range(2, 26)),
                           rollout=dataclasses.replace(CFG.rollout, mode="c3po++", omega=16, decode_chunk=4))
 
 
-def test_c3po_pp_kill_and_resume_continues_the_same_partial_rollouts(tmp_path):
-    cfg = dataclasses.replace(CPP, checkpoint_every=1)
-    want = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=str(tmp_path / "a"))
-    assert all(h["tokens"] == PHI for h in want.history)
-    assert any(h["rollout_resubmitted"] > 0 for h in want.history)  # partial rollouts were continued...
-    assert any(h["version_lag_mean"] > 0 for h in want.history)  # ...and trained on under a newer policy
-    # crash right after the first checkpoint that holds partial rollouts
-    crash_at = next(h["step"] for h in want.history[:-1] if h["inflight_groups"] > 0)
-    run_dir = str(tmp_path / "b")
-
+def _crash_and_resume(cfg: RLConfig, run_dir: str, crash_at: int):
+    """Runs `cfg` in `run_dir` until a crash right after step `crash_at` (checkpointed), checks that checkpoint
+    holds partial rollouts, resumes to the end and returns the resumed run's result (its steps checked)."""
     def crash(step, metrics):
         if step == crash_at:
             raise Crash
@@ -112,7 +105,19 @@ def test_c3po_pp_kill_and_resume_continues_the_same_partial_rollouts(tmp_path):
     saved = json.load(open(os.path.join(run_dir, "checkpoints", str(crash_at), "rollout", "metadata")))
     assert any(m["tokens"] and not m["done"] for g in saved["scheduler"]["groups"] for m in g["members"])
     resumed = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir)
-    assert [h["step"] for h in resumed.history] == list(range(crash_at + 1, 5))
+    assert [h["step"] for h in resumed.history] == list(range(crash_at + 1, cfg.steps + 1))
+    return resumed
+
+
+def test_c3po_pp_kill_and_resume_continues_the_same_partial_rollouts(tmp_path):
+    cfg = dataclasses.replace(CPP, checkpoint_every=1)
+    want = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=str(tmp_path / "a"))
+    assert all(h["tokens"] == PHI for h in want.history)
+    assert any(h["rollout_resubmitted"] > 0 for h in want.history)  # partial rollouts were continued...
+    assert any(h["version_lag_mean"] > 0 for h in want.history)  # ...and trained on under a newer policy
+    # crash right after the first checkpoint that holds partial rollouts
+    crash_at = next(h["step"] for h in want.history[:-1] if h["inflight_groups"] > 0)
+    resumed = _crash_and_resume(cfg, str(tmp_path / "b"), crash_at)
     assert [h["prompt_ids"] for h in resumed.history] == [h["prompt_ids"] for h in want.history[crash_at:]]
     for got, ref in zip(_flat_params(resumed.state), _flat_params(want.state), strict=True):
         np.testing.assert_array_equal(got, ref)
@@ -129,18 +134,7 @@ def test_keep_kv_trains_on_responses_continued_in_the_engine_and_resumes_without
     assert all(h["rollout_resubmitted"] == 0 for h in want.history)  # nothing re-prefilled: kept, not re-submitted
     assert any(h["version_lag_mean"] > 0 for h in want.history)
     crash_at = next(h["step"] for h in want.history[:-1] if h["rollout_kept"] > 0)
-    run_dir = str(tmp_path / "b")
-
-    def crash(step, metrics):
-        if step == crash_at:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir, on_step=crash)
-    saved = json.load(open(os.path.join(run_dir, "checkpoints", str(crash_at), "rollout", "metadata")))
-    assert any(m["tokens"] and not m["done"] for g in saved["scheduler"]["groups"] for m in g["members"])
-    resumed = train_rl(_model(), RECORDS, even_tokens, cfg, run_dir=run_dir)
-    assert [h["step"] for h in resumed.history] == list(range(crash_at + 1, 5))
+    resumed = _crash_and_resume(cfg, str(tmp_path / "b"), crash_at)
     assert all(h["tokens"] == PHI for h in resumed.history)
     assert resumed.history[0]["rollout_resubmitted"] > 0  # the saved partial responses were continued
 

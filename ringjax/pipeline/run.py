@@ -130,12 +130,12 @@ def filtered_prompts(ctx, stage, policy: Callable, state: dict, rl_step: int):
         return None
     records = stages.stage_records(ctx, stage)
     stored = state["filters"].get(stage.name)
-    if stored is None:
-        measured = stages.pass_rates(ctx, stage, policy())
-        _, counts = stages.filter_prompts(records, measured["pass_rates"], f)
-        stored = {**counts, "lo": f.lo, "hi": f.hi, "samples": f.samples, "rl_step": rl_step,
-                  "engine": measured["engine"], "failed": measured["failed"], "pass_rates": measured["pass_rates"]}
-        state["filters"][stage.name] = stored
+    measured = stages.pass_rates(ctx, stage, policy()) if stored is None else None
+    kept, counts = stages.filter_prompts(records, (stored or measured)["pass_rates"], f)
+    if measured is not None:
+        state["filters"][stage.name] = {**counts, "lo": f.lo, "hi": f.hi, "samples": f.samples, "rl_step": rl_step,
+                                        "engine": measured["engine"], "failed": measured["failed"],
+                                        "pass_rates": measured["pass_rates"]}
         write_json(os.path.join(ctx.cfg.out, "state.json"), state)
         writer = MetricsWriter(os.path.join(ctx.cfg.out, "logs", "filter"), prefix="filter",
                                enabled=jax.process_index() == 0)
@@ -143,10 +143,7 @@ def filtered_prompts(ctx, stage, policy: Callable, state: dict, rl_step: int):
             writer.write(rl_step, {f"{stage.name}_{k}": v for k, v in counts.items() if v is not None})
         finally:
             writer.close()
-        how = "measured"
-    else:
-        how = "stored by an earlier run"
-    kept, counts = stages.filter_prompts(records, stored["pass_rates"], f)
+    how = "measured" if measured is not None else "stored by an earlier run"
     ctx.log(f"filter {stage.name}: kept {counts['kept']} of {counts['prompts']} prompts, dropped "
             f"{counts['dropped_solved']} solved (pass rate >= {f.hi}) and {counts['dropped_unsolved']} unsolved "
             f"(<= {f.lo}); {f.samples} samples each, {how}")
