@@ -15,6 +15,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 from mismatch_sources import demo_model
+from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline.evaluate import evaluate
 from ringjax.trainer.checkpoint import checkpoint_steps
 from ringjax.trainer.model_checkpoint import restore_model
@@ -61,6 +62,14 @@ def checkpoint_accuracy(ctx, run_dir: str, args) -> dict[int, float]:
     ckpts = os.path.join(run_dir, "checkpoints")
     return {step: heldout(restore_model(os.path.join(ckpts, str(step))), ctx, args)
             for step in checkpoint_steps(ckpts)}
+
+
+def lab_rl_config(ctx, steps: int, seed: int, every: int, overrides: list[str], name: str) -> RLConfig:
+    """The demo's RL section for one lab run: `steps` steps from `seed`, a checkpoint every `every` steps, all kept
+    (the held-out evaluations read them), rollouts in this process, then the run's own `overrides`."""
+    base = [f"steps={steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100", "rollout.workers=0",
+            f"eos_id={ctx.tokenizer.eos_id}"]
+    return build_config(RLConfig, to_dict(ctx.cfg.rl), base + overrides, name)
 
 
 def train_math(model, ctx, cfg: RLConfig, run_dir: str) -> tuple[RLResult, float]:

@@ -60,12 +60,12 @@ import types
 
 import numpy as np
 
-from _lab import SMOKE_GROUPS, add_lab_args, checkpoint_accuracy, compile_cache, log, start_model, train_math
+from _lab import (SMOKE_GROUPS, add_lab_args, checkpoint_accuracy, compile_cache, lab_rl_config, log, start_model,
+                  train_math)
 from _lab import mean_std as _mean_std
 from _lab import short as _short
 from _summary import emit_summary
 from mismatch_sources import requests_of, sample_jax
-from ringjax.config_io import build_config, to_dict
 from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
 from ringjax.trainer.rl import RLConfig
 from rollout.numerics import EngineNumerics
@@ -101,12 +101,9 @@ def length_spread(model, ctx, args) -> dict:
 
 def rl_config(ctx, arm: str, seed: int, args, every: int) -> RLConfig:
     budget = "tokens" if "budget=tokens" in ARMS[arm] else "groups"
-    overrides = [f"steps={args.steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
-                 "rollout.workers=0", "rollout.mode=sync", f"eos_id={ctx.tokenizer.eos_id}",
-                 f"phi={args.phi if budget == 'tokens' else ctx.cfg.rl.max_new_tokens}", *ARMS[arm]]
-    if args.smoke:
-        overrides += SMOKE_GROUPS
-    return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, f"arm {arm}")
+    overrides = ["rollout.mode=sync", f"phi={args.phi if budget == 'tokens' else ctx.cfg.rl.max_new_tokens}",
+                 *ARMS[arm], *(SMOKE_GROUPS if args.smoke else [])]
+    return lab_rl_config(ctx, args.steps, seed, every, overrides, f"arm {arm}")
 
 
 def run_arm(model, ctx, arm: str, seed: int, args) -> dict:

@@ -64,11 +64,11 @@ import time
 import jax
 import numpy as np
 
-from _lab import add_lab_args, checkpoint_accuracy, compile_cache, log, math_records, start_model
+from _lab import (SMOKE_GROUPS, add_lab_args, checkpoint_accuracy, compile_cache, lab_rl_config, log, math_records,
+                  start_model)
 from _lab import mean_std as _mean_std
 from _lab import short as _short
 from _summary import emit_summary
-from ringjax.config_io import build_config, to_dict
 from ringjax.trainer.checkpoint import checkpoint_steps
 from ringjax.trainer.rl import RLConfig, train_rl
 from rollout.rewards import RewardRouter
@@ -107,12 +107,9 @@ def rl_config(ctx, arm: str, seed: int, args) -> RLConfig:
     phi = int(next(o for o in overrides if o.startswith("phi=")).removeprefix("phi="))
     steps = max(1, round(args.steps * demo.phi / phi))
     every = max(1, steps // args.eval_points)
-    overrides += [f"steps={steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
-                  "rollout.workers=0", f"eos_id={ctx.tokenizer.eos_id}"]
     if args.smoke:  # phi scaled down with the arm's ratio to the demo's
-        overrides += [f"phi={max(demo.max_new_tokens, phi * SMOKE_PHI // demo.phi)}", "prompts_per_batch=2",
-                      "samples_per_prompt=4", "rollout.omega=8"]
-    return build_config(RLConfig, to_dict(demo), overrides, f"arm {arm}")
+        overrides += [f"phi={max(demo.max_new_tokens, phi * SMOKE_PHI // demo.phi)}", *SMOKE_GROUPS]
+    return lab_rl_config(ctx, steps, seed, every, overrides, f"arm {arm}")
 
 
 # -- what train_rl does not log ----------------------------------------------------------------------------------------

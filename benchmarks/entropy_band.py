@@ -50,12 +50,11 @@ import warnings
 
 import numpy as np
 
-from _lab import SMOKE_RL, checkpoint_accuracy, heldout, log, train_math
+from _lab import SMOKE_RL, checkpoint_accuracy, heldout, lab_rl_config, log, train_math
 from _lab import mean_std as _mean_std
 from _lab import short as _short
 from _summary import emit_summary
 from mismatch_sources import MATH_ONLY
-from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline import stages
 from ringjax.pipeline.config import load_pipeline
 from ringjax.trainer.metrics import read_metrics
@@ -134,11 +133,7 @@ def grid_steps(ckpts: list[dict], n: int) -> list[int]:
 # -- RL from one start -------------------------------------------------------------------------------------------------
 def rl_config(ctx, seed: int, args, every: int) -> RLConfig:
     """The demo's RL section (math only), in-process engine, checkpoints kept for the held-out evaluations."""
-    overrides = [f"steps={args.rl_steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
-                 "rollout.workers=0", f"eos_id={ctx.tokenizer.eos_id}"]
-    if args.smoke:
-        overrides += SMOKE_RL
-    return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, "entropy_band rl")
+    return lab_rl_config(ctx, args.rl_steps, seed, every, SMOKE_RL if args.smoke else [], "entropy_band rl")
 
 
 def run_rl(ctx, sft_dir: str, step: int, seed: int, args) -> dict:

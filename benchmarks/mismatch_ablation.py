@@ -27,11 +27,10 @@ import time
 
 import numpy as np
 
-from _lab import SMOKE_RL, add_lab_args, checkpoint_accuracy, start_model, train_math
+from _lab import SMOKE_RL, add_lab_args, checkpoint_accuracy, lab_rl_config, start_model, train_math
 from _lab import mean_std as _mean_std
 from _lab import short as _short
 from _summary import emit_summary
-from ringjax.config_io import build_config, to_dict
 from ringjax.trainer.rl import RLConfig
 
 ARMS = {  # name -> RL config overrides
@@ -50,12 +49,8 @@ KEPT = ("reward_mean", "grad_norm", "correction_zero_frac", "icepop_masked_frac"
 
 
 def rl_config(ctx, arm: str, seed: int, args, every: int) -> RLConfig:
-    overrides = [f"steps={args.steps}", f"seed={seed}", f"checkpoint_every={every}", "keep_checkpoints=100",
-                 "rollout.workers=0", f"rollout.numerics.weight_noise={args.noise}", f"rollout.numerics.seed={seed}",
-                 f"eos_id={ctx.tokenizer.eos_id}", *ARMS[arm]]
-    if args.smoke:
-        overrides += SMOKE_RL
-    return build_config(RLConfig, to_dict(ctx.cfg.rl), overrides, f"arm {arm}")
+    overrides = [f"rollout.numerics.weight_noise={args.noise}", f"rollout.numerics.seed={seed}", *ARMS[arm]]
+    return lab_rl_config(ctx, args.steps, seed, every, overrides + (SMOKE_RL if args.smoke else []), f"arm {arm}")
 
 
 def run_arm(model, ctx, arm: str, seed: int, args) -> dict:
