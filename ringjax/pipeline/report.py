@@ -26,7 +26,8 @@ def plot_curves(path: str, stages: Sequence[tuple[str, str]], evals: Mapping[str
             offset += max(r["step"] for r in rows)
             left.axvline(offset, color="grey", lw=0.5, ls=":")
     left.set(title="training reward (mean per RL step)", xlabel="RL step", ylabel="reward")
-    left.legend(loc="lower right")
+    if offset:  # a stage logged a step (a run stopped before any has no curve to name)
+        left.legend(loc="lower right")
     points = list(evals)
     domains = sorted({d for e in evals.values() for d in e["accuracy"]})
     for domain in domains:
@@ -37,7 +38,8 @@ def plot_curves(path: str, stages: Sequence[tuple[str, str]], evals: Mapping[str
         right.annotate(f"after {p}", (evals[p]["rl_step"], 0.98), fontsize=8, ha="center", va="top")
     right.set(title="held-out accuracy (mean over samples)", xlabel="RL step", ylabel="accuracy", ylim=(0, 1))
     right.margins(x=0.1)
-    right.legend(loc="lower right")
+    if domains:
+        right.legend(loc="lower right")
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=110)
