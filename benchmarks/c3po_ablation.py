@@ -34,14 +34,9 @@ have std 2.2 tokens (p10 = p50 = p90 = 19) and 0.22 within a group, so a groups 
 Held-out math accuracy (the demo's held-out prompts, --eval-samples samples each, temperature 1) is measured at the
 start and at every checkpoint (--eval-points per run).
 
-Size. Timed 3-step runs of `c3po` and `seq_mean` (and 6 of `seq_mean`) from the 500-step SFT checkpoint, on 2 cores
-shared with other jobs (load average 4-5): the first step compiles (~105 s; `seq_mean` compiles again at step 2,
-~70 s, for a new padded micro-batch count), then ~3 s per `seq_mean` step and ~1.2 s per `c3po` step (a third of
-them generate nothing), ~7 s per held-out evaluation. The same demo RL ran at ~0.5 s per step, compiles and
-evaluations included, in the mismatch ablation on an idle machine, i.e. ~3x faster; at that rate, with the compiles
-cached after the first run, the default 250 steps x 5 evaluations take ~4.5 min per groups run and ~2 min per
-`c3po` run: ~33 min for 3 seeds x 3 arms, plus ~4 min of SFT, start-up and first compiles (~37 min in all;
-`c3po_drop` adds ~8 min; 2-3x all that on a loaded machine).
+Size. Measured on an idle 2-core machine: the full run of the four arms x 3 seeds x 250 steps with 5 held-out
+evaluations each took 24 minutes, SFT (2 min) included: ~2 min per (arm, seed), ~0.35-0.4 s per step after the
+first (which compiles); 2-3x that on a loaded machine.
 
 XLA compilations are cached in ROOT/xla_cache (every run compiles the same functions). Each (arm, seed) runs in
 ROOT/ARM_seedS; a folder that already holds checkpoints is resumed, so an ablation of another size needs its own
