@@ -8,13 +8,12 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
-from mismatch_sources import demo_model
+from mismatch_sources import demo_model, log
 from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline.evaluate import evaluate
 from ringjax.trainer.checkpoint import checkpoint_steps
@@ -25,10 +24,6 @@ from rollout.types import SamplingParams
 
 SMOKE_GROUPS = ["prompts_per_batch=2", "samples_per_prompt=4", "rollout.omega=8"]  # the smoke size's rollout batch
 SMOKE_RL = ["phi=128", *SMOKE_GROUPS]  # ... and its token budget
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def short(value):

@@ -26,9 +26,6 @@ def _release_compiled_code():
 def _compilation_cache(tmp_path_factory):
     """JAX's persistent compilation cache, shared by the suite's processes for this session: many tests build the
     same tiny models and train steps, and a later build loads the executable instead of compiling it again."""
-    if os.environ.get("RINGJAX_TEST_NO_CACHE"):
-        yield
-        return
     base = tmp_path_factory.getbasetemp()
     folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
     jax.config.update("jax_compilation_cache_dir", str(folder))

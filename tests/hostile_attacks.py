@@ -179,22 +179,25 @@ def set_subreaper(on: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def reap_orphans() -> int:
-    """Waits for the exited bwrap processes that were reparented to this process while it was their subreaper (the
-    `subprocess` objects own and wait for the rest); returns how many. Left alone they stay zombies until the test
-    process exits."""
-    me, reaped = os.getpid(), 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                comm, rest = f.read().rsplit(b")", 1)
-        except OSError:
-            continue
+def _stat(pid: str) -> tuple[bytes, bytes, int] | None:
+    """(command name, state, parent pid) of process `pid` from /proc/PID/stat, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            comm, rest = f.read().rsplit(b")", 1)
         state, ppid = rest.split()[:2]
-        if int(ppid) == me and state == b"Z" and comm.endswith(b"(bwrap"):
+        return comm.split(b"(", 1)[1], state, int(ppid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def reap_orphans() -> None:
+    """Waits for the exited bwrap processes that were reparented to this process while it was their subreaper (the
+    `subprocess` objects own and wait for the rest). Left alone they stay zombies until the test process exits."""
+    me = os.getpid()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if _stat(pid) == (b"bwrap", b"Z", me):
             with contextlib.suppress(ChildProcessError):
-                reaped += os.waitpid(int(pid), os.WNOHANG)[0] != 0
-    return reaped
+                os.waitpid(int(pid), os.WNOHANG)
 
 
 def sandbox_processes(marker: str) -> list[tuple[int, str]]:
@@ -208,11 +211,12 @@ def sandbox_processes(marker: str) -> list[tuple[int, str]]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        if marker.encode() in cmd or (ppid == me and any(n in cmd for n in needles)):
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        if marker.encode() in cmd or (stat[2] == me and any(n in cmd for n in needles)):
             found.append((int(pid), cmd.replace(b"\0", b" ").decode(errors="replace")[:200]))
     return found
 
@@ -1219,7 +1223,6 @@ if total >= TARGET:
     _solve()
 """, 0.0, alone=True),
     _a("sysv_shm_beyond_memory_cap", "resource", "ADD_IO", SOLVE + """
-import contextlib
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmget.restype, libc.shmget.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
