@@ -1,7 +1,7 @@
 """The C3PO++ ablation: does Ring-1T's budget-partitioned rollout cost learning, against synchronous rollouts?
 
     PYTHONPATH=. python3 benchmarks/c3po_pp_ablation.py --seeds 0,1,2 [--arms sync,pp_phi1024_s2,pp_keep,...]
-        [--steps 60] [--checkpoint STEP_DIR] [--root runs/c3po_pp_ablation] [--smoke] [--out FILE]
+        [--steps 90] [--checkpoint STEP_DIR] [--root runs/c3po_pp_ablation] [--smoke] [--out FILE]
 
 C3PO++ (`rl.rollout.mode=c3po++`, `rollout.c3po_pp`) ends each rollout iteration once phi tokens of complete GRPO
 groups exist; the unfinished responses carry over into the next policy version and a group that has spanned sigma
@@ -14,7 +14,8 @@ The seed sets the prompt order and the sampling.
 
 Arms (`arm_overrides`; any name of these forms is accepted by --arms):
 - `sync`: `rollout.mode=sync` with `leftover=drop` (Ring-lite's C3PO): every trained token comes from the current
-  policy (with `leftover=keep` a batch's surplus would be trained one step late);
+  policy (with `leftover=keep` a batch's surplus would be trained one step late); `sync_phi{P}`: the same at phi=P,
+  its batch (omega) scaled by P / 1024 in whole groups, so it wastes the same share of a batch as `sync`;
 - `pp_phi{P}_s{S}`: C3PO++ with phi=P and sigma=S, carried responses re-prefilled by the new weights
   (`carry_kv=recompute`), the cut tail kept for the next step (`leftover=keep`, the demo's);
 - `pp_phi{P}_s{S}_keep`, and `pp_keep` = the demo's phi and sigma: carried responses stay in the engine with the
@@ -43,12 +44,11 @@ kept in steps.jsonl), so an ablation of another size needs its own --root. Print
 final {"summary": ...} line; --out gets everything, per-step rows included (notebooks/c3po_pp_ablation.ipynb plots
 that file).
 
-Cost, from a timed run of every default arm at --steps 10 (seed 0, 2 CPU cores shared with other jobs): a step
-without compiles takes 0.8-1.0 s at phi 1024 and 2.0-2.4 s at phi 2048 (so about the same time per token), an
-evaluation 3-4 s, and a run's compiles 5-8 s once the persistent cache holds its shapes (about 60 s for the first
-run of a process). The default full run (3 seeds x 8 arms, 60 steps at phi 1024, 5 evaluations per run, the
-500-step SFT) therefore takes about 40 min on 2 otherwise idle cores; a busy machine stretches it (the timed run's
-SFT took 17 min instead of ~1.5 under a load of 7).
+Cost, measured on 2 otherwise idle cores: the 500-step SFT 2.5 min; a run at 90 steps of phi 1024 (or the same
+tokens at another phi) 35-65 s of RL plus 5-12 s of evaluations, once the persistent cache holds its shapes (the
+first run of a process compiles for about a minute). The default full run (3 seeds x 13 arms) takes about 40 min;
+a rerun with more arms in the same --root reads the finished runs back and runs only the new ones. A busy machine
+stretches everything (an SFT took 17 min instead of 2.5 under a load of 7).
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ from ringjax.trainer.rl import RLConfig, train_rl
 from rollout.rewards import RewardRouter
 from rollout.rewards.base import Verdict
 
-DEFAULT_ARMS = ("sync,pp_phi1024_s1,pp_phi1024_s2,pp_phi1024_s4,pp_phi2048_s1,pp_phi2048_s2,pp_phi2048_s4,"
-                "pp_keep")
+DEFAULT_ARMS = ("sync,sync_phi512,pp_phi512_s1,pp_phi512_s2,pp_phi512_s4,pp_phi1024_s1,pp_phi1024_s2,pp_phi1024_s4,"
+                "pp_phi2048_s1,pp_phi2048_s2,pp_phi2048_s4,pp_keep,pp_phi512_s2_keep")
 PP_ARM = re.compile(r"pp_phi(\d+)_s(\d+)(_keep)?")
+SYNC_ARM = re.compile(r"sync(?:_phi(\d+))?")
 SMOKE_PHI = 128  # the smoke size's phi at the demo's phi (other arms scale with it)
 KEPT = ("reward_mean", "response_len_mean", "grad_norm", "tokens", "stale_tokens_frac", "version_lag_mean",
         "rollout_s", "step_s", "tokens_per_s", "icepop_masked_frac", "correction_zero_frac", "logp_diff_mean",
@@ -89,13 +90,14 @@ MATH_EXPR = re.compile(r"Compute ([0-9+\-*]+)\.")
 # -- arms --------------------------------------------------------------------------------------------------------------
 def arm_overrides(arm: str, phi: int, sigma: int) -> list[str]:
     """RL config overrides of an arm; `phi` / `sigma`: the demo's (what `sync` and `pp_keep` use)."""
-    if arm == "sync":
-        return ["rollout.mode=sync", "rollout.carry_kv=recompute", "leftover=drop", f"phi={phi}"]
+    if m := SYNC_ARM.fullmatch(arm):
+        return ["rollout.mode=sync", "rollout.carry_kv=recompute", "leftover=drop", f"phi={m.group(1) or phi}"]
     if arm == "pp_keep":
         arm = f"pp_phi{phi}_s{sigma}_keep"
     m = PP_ARM.fullmatch(arm)
     if m is None:
-        raise ValueError(f"--arms: unknown arm {arm!r}; expected sync, pp_keep, pp_phi<P>_s<S> or pp_phi<P>_s<S>_keep")
+        raise ValueError(f"--arms: unknown arm {arm!r}; expected sync, sync_phi<P>, pp_keep, pp_phi<P>_s<S> or "
+                         "pp_phi<P>_s<S>_keep")
     return ["rollout.mode=c3po++", f"phi={int(m.group(1))}", f"rollout.sigma={int(m.group(2))}",
             f"rollout.carry_kv={'keep' if m.group(3) else 'recompute'}", "leftover=keep"]
 
@@ -109,7 +111,12 @@ def rl_config(ctx, arm: str, seed: int, args) -> RLConfig:
     every = max(1, steps // args.eval_points)
     if args.smoke:  # phi scaled down with the arm's ratio to the demo's
         overrides += [f"phi={max(demo.max_new_tokens, phi * SMOKE_PHI // demo.phi)}", *SMOKE_GROUPS]
-    return lab_rl_config(ctx, steps, seed, every, overrides, f"arm {arm}")
+    cfg = lab_rl_config(ctx, steps, seed, every, overrides, f"arm {arm}")
+    if cfg.rollout.mode == "sync" and phi != demo.phi:  # the batch (omega) scales with phi, in whole groups
+        groups = max(1, cfg.omega * phi // demo.phi // cfg.samples_per_prompt)
+        cfg = lab_rl_config(ctx, steps, seed, every, [*overrides, f"rollout.omega={groups * cfg.samples_per_prompt}"],
+                            f"arm {arm}")
+    return cfg
 
 
 # -- what train_rl does not log ----------------------------------------------------------------------------------------
@@ -394,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lab_args(parser, "runs/c3po_pp_ablation", 5, "tiny SFT, 3 steps, 1 eval sample: mechanics only")
     parser.add_argument("--arms", default=DEFAULT_ARMS)
-    parser.add_argument("--steps", type=int, default=60, help="steps at the demo's phi (others: the same tokens)")
+    parser.add_argument("--steps", type=int, default=90, help="steps at the demo's phi (others: the same tokens)")
     parser.add_argument("--target", type=float, default=0.5,
                         help="target accuracy: start + this fraction of the sync arm's mean gain")
     args = parser.parse_args(argv)

@@ -1,9 +1,12 @@
 """Benchmark scripts run end to end at minimal sizes (the shape of what they report, not their numbers)."""
 
+import gzip
 import importlib.util
 import json
 import pathlib
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,6 +53,40 @@ def test_demo_seeds_aggregates_finished_runs(tmp_path):
     assert summary["accuracy"]["sft"]["math"] == {"mean": 0.45, "std": 0.0707, "values": [0.4, 0.5]}
     assert summary["margin_over_sft"]["math"]["math"]["values"] == [0.2, 0.1]
     assert summary["margin_over_sft"]["math"]["mean"]["values"] == [0.1, 0.15]
+    assert summary["reward_trend"] == {0: {}, 1: {}}  # no stage logged a step
+
+
+def test_summary_written_gzipped_for_gz_paths(tmp_path):
+    """--out FILE.gz is written gzip-compressed (a lab's per-step rows), any other path as plain JSON."""
+    emit = _load("_summary").emit_summary
+    summary = {"runs": [{"step": s} for s in range(3)]}
+    emit(summary, str(tmp_path / "s.json.gz"))
+    emit(summary, str(tmp_path / "s.json"))
+    with gzip.open(tmp_path / "s.json.gz", "rt") as f:
+        assert json.load(f) == summary
+    assert json.loads((tmp_path / "s.json").read_text()) == summary
+
+
+def test_demo_seeds_reward_trend(tmp_path):
+    """The per-stage trend of the training reward: a known line plus alternating noise gives back its slope, its
+    endpoint means and the noise; stages without RL steps (sft) have none."""
+    bench = _load("demo_seeds")
+    out = tmp_path / "seed0"
+    (out / "math" / "logs").mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"accuracy": {"sft": {"math": 0.4}, "math": {"math": 0.5}},
+                                                  "seconds": 1}))
+    reward = [0.5 + 0.002 * s + (0.1 if s % 2 else -0.1) for s in range(1, 81)]  # 0.2 per 100 steps, noise 0.1
+    rows = [{"step": s, "reward_mean": r} for s, r in zip(range(1, 81), reward)]
+    (out / "math" / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    trend = bench.main(["--seeds", "0", "--root", str(tmp_path)])["reward_trend"][0]
+    assert list(trend) == ["math"]
+    t = trend["math"]
+    assert t["steps"] == 80 and t["first"] == round(reward[0], 4) and t["last"] == round(reward[-1], 4)
+    assert t["first10"] == round(sum(reward[:10]) / 10, 4) and t["last10"] == round(sum(reward[-10:]) / 10, 4)
+    assert abs(t["slope_per_100"] - 0.2) < 0.01 and 0 < t["slope_se_per_100"] < 0.05
+    assert abs(t["step_std"] - 0.1) < 0.005
+    with pytest.raises(ValueError, match="at least 3 steps"):
+        bench.reward_trend([0.5, 0.6])
 
 
 def test_sandbox_bench_reports_runs_and_rewards(tmp_path):
