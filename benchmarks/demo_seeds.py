@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from _summary import emit_summary
+from ringjax.trainer.metrics import read_metrics
 
 
 def _run(seed: int, root: str, overrides: list[str]) -> dict:
@@ -66,10 +67,9 @@ def _stage_rewards(out: str) -> dict[str, list[float]]:
         stages = json.load(f)["accuracy"]
     rewards = {}
     for stage in stages:
-        path = os.path.join(out, stage, "logs", "metrics.jsonl")
-        if os.path.isfile(path):
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+        log_dir = os.path.join(out, stage, "logs")
+        if os.path.isfile(os.path.join(log_dir, "metrics.jsonl")):
+            rows = read_metrics(log_dir)
             rewards[stage] = [r["reward_mean"] for r in sorted(rows, key=lambda r: r["step"]) if "reward_mean" in r]
     return rewards
 
