@@ -27,7 +27,7 @@ from ringjax.trainer import Response, assemble_step, pack_micro_batches
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.state import init_train_state
-from ringjax.trainer.step import device_batch, make_train_step, rl_loss_fn
+from ringjax.trainer.step import make_train_step, rl_loss_fn
 from _summary import emit_summary
 
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}  # dense bf16
@@ -51,7 +51,7 @@ def bench(name: str, args) -> dict:
     model = create_model(cfg, seed=0)
     graphdef, state = init_train_state(model, tx, 0)
     step = make_train_step(graphdef, tx, rl_loss_fn(loss))
-    batch = device_batch(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
+    batch = step.inputs(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
     t0 = time.perf_counter()
     state, sums = step(state, batch)
     jax.block_until_ready(sums)
@@ -66,7 +66,7 @@ def bench(name: str, args) -> dict:
     tokens = args.seqs * args.seq_len
     active = count_params(cfg).active
     row = {"preset": name, "params_active": active, "seqs": args.seqs, "seq_len": args.seq_len, "rows": args.rows,
-           "micro_batches": int(batch["tokens"].shape[0]), "step_s": round(t, 4), "tokens_per_s": round(tokens / t, 1),
+           "micro_batches": batch.micro_batches, "step_s": round(t, 4), "tokens_per_s": round(tokens / t, 1),
            "runs_s": [round(x, 4) for x in times], "compile_s": round(first - t, 2),
            "skipped": int(state.skipped)}
     peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)

@@ -70,7 +70,7 @@ def main() -> None:
     import ringjax
     from ringjax.losses import LossConfig
     from ringjax.trainer.state import abstract_train_state, init_train_state
-    from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn
+    from ringjax.trainer.step import finalize_metrics, make_train_step, rl_loss_fn
 
     jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py
     ringjax.initialize_distributed()  # RINGJAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID; no-op when unset
@@ -87,7 +87,7 @@ def main() -> None:
     metrics, params = [], [init]
     for _ in range(args.steps):
         with jax.set_mesh(mesh):
-            state, sums = step(state, device_batch(host_batch, mesh))
+            state, sums = step(state, step.inputs(host_batch, mesh))
         metrics.append(finalize_metrics(jax.device_get(sums)))
         params.append(_host_params(state.params))
     keys = ("loss", "grad_norm", "tokens", "icepop_masked_frac")

@@ -113,3 +113,40 @@ def test_mismatch_sources_measures_every_source(tmp_path):
     assert rows["fp32"]["logp_diff_max"] < 1e-3 and rows["fp32"]["routing_disagree"] == 0.0
     assert rows["noise 0.1"]["logp_diff_mean"] > rows["fp32"]["logp_diff_mean"]
     assert "skipped" in rows["sglang"]
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_notebook_sets_its_cell_timeout(notebook):
+    """Each notebook carries its own cell time limit (the 300 s default is too short for a lab's smoke run when
+    the suite shares the machine); nbmake reads it from the notebook's metadata."""
+    meta = json.loads((ROOT / "notebooks" / notebook).read_text())["metadata"]
+    assert meta.get("execution", {}).get("timeout", 0) >= 600, f"{notebook}: metadata.execution.timeout unset"
+
+
+def test_gpu_suite_runs_every_part_at_toy_size(tmp_path):
+    """The accelerator suite's code path on CPU: one compiled train step, profile ops, decode rows, log-prob memory."""
+    suite = _load("gpu_suite")
+    out = tmp_path / "gpu.json"
+    summary = suite.main(["--size", "toy", "--out", str(out)])
+    assert json.loads(out.read_text())["parts"].keys() == summary["parts"].keys() == {
+        "train", "profile", "logprob_memory", "decode"}
+    train = summary["parts"]["train"]
+    assert train["compiles"] == {"accumulate": 1, "apply": 1} and train["skipped"] == 0 and train["step_s"] > 0
+    assert train["mfu"] is None  # no known peak for a CPU: never a made-up figure
+    ops = summary["parts"]["profile"]["top_ops"]
+    assert ops and all(op["ms"] > 0 for op in ops) and sum(op["share"] for op in ops) <= 1.0 + 1e-6
+    assert [r["batch"] for r in summary["parts"]["decode"]["runs"]] == [4, 8]
+    memory = summary["parts"]["logprob_memory"]
+    assert memory["chunked_temp_mib"] < memory["unchunked_temp_mib"]  # chunking bounds the logits buffer
+
+
+def test_rl_step_bench_times_whole_steps(tmp_path):
+    """ringjax's side of the whole-step comparison (Tunix lives in its own virtualenv, outside the test run): every
+    step trains all tokens of its groups, the warm-up step is left out of the median, one train-step compile."""
+    bench = _load("rl_step_bench")
+    summary = bench.main(["--sizes", "bench-tiny", "--prompts", "2", "--group", "2", "--prompt-len", "8",
+                          "--new-tokens", "8", "--warmup", "1", "--runs", "2", "--out", str(tmp_path / "s.json")])
+    row = summary["sizes"]["bench-tiny"]["ringjax"]
+    assert row["steps"] == 3 and row["step_compiles"] == 1 and "tunix" not in summary["sizes"]["bench-tiny"]
+    assert 0 < row["rollout_s"] < row["step_s"] < row["steps_s"][0]  # the first step compiles
+    assert bench.even_share(None, "2 3 4 7") == 0.5

@@ -188,7 +188,7 @@ def test_response_validation():
 
 def test_sample_budget_takes_whole_groups_in_order_of_first_appearance():
     """`take_groups` (the baseline C3PO replaces): whole groups, however many tokens, in the pool's order; the rest
-    is the leftover, in order; packing pads to a power-of-two count of micro-batches that weigh nothing."""
+    is the leftover, in order."""
     rng = np.random.default_rng(0)
     pool = [_response(rng, i, 3, n, advantage=float(i)) for i, n in enumerate([5, 9, 2, 7, 4, 6, 3, 8])]
     pool = [dataclasses.replace(r, group_id=g) for r, g in zip(pool, [2, 0, 2, 0, 1, 3, 1, 3])]
@@ -196,11 +196,10 @@ def test_sample_budget_takes_whole_groups_in_order_of_first_appearance():
     assert [r.group_id for r in step.responses] == [2, 0, 2, 0] and step.cut == 0
     assert step.phi == 5 + 9 + 2 + 7 and [r.group_id for r in leftover] == [1, 3, 1, 3]
     assert all(a is b for a, b in zip(step.responses, pool[:4]))  # whole responses, nothing cut
-    mbs = pack_micro_batches(step, rows=1, seq_len=13, pad_pow2=True)
-    assert len(mbs) == 4 and sum(int(mb.loss_mask.sum()) for mb in mbs) == step.phi
-    assert len(pack_micro_batches(step, rows=1, seq_len=13)) == 3  # the padded one is all padding
+    mbs = pack_micro_batches(step, rows=1, seq_len=13)
+    assert len(mbs) == 3 and sum(int(mb.loss_mask.sum()) for mb in mbs) == step.phi
     weights = step_weights(mbs, "seq_mean", 100)
-    assert not weights[-1].any() and abs(sum(float(w.sum()) for w in weights) - 1.0) < 1e-6
+    assert abs(sum(float(w.sum()) for w in weights) - 1.0) < 1e-6
     with pytest.raises(ValueError, match="needs more than the 4 groups"):
         take_groups(pool, 5)
     with pytest.raises(ValueError, match="no group_id"):

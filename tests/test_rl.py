@@ -160,6 +160,7 @@ def test_sample_budget_trains_whole_groups_of_varying_token_counts():
     assert all(h["step_responses"] == 8 for h in result.history)
     assert all(8 <= h["tokens"] <= 96 and np.isfinite(h["grad_norm"]) for h in result.history)
     assert len({h["tokens"] for h in result.history}) > 1  # early stops make the count vary
+    assert all(h["step_compiles"] == 1 for h in result.history)  # ...and the train step compiled once
     assert result.history[-1]["grad_norm"] > 0
 
 

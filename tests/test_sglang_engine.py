@@ -182,7 +182,7 @@ def test_continuation_and_stop_ids(tiny, engine):
     got = _run(engine, cont + stop)
     for i in range(len(PROMPTS)):
         c = got[f"c{i}"]
-        assert c.finish == "length"
+        assert c.finish == "length", c.error
         np.testing.assert_array_equal(c.tokens, want_tokens[i, k:])
         assert np.abs(c.logprobs - want_logp[i, k:]).max() < TOL
         s = got[f"t{i}"]

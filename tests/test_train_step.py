@@ -18,7 +18,7 @@ from ringjax.trainer import Response, assemble_step, pack_micro_batches
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.optim import OptimConfig, learning_rate, make_optimizer
 from ringjax.trainer.state import abstract_train_state, init_train_state, split_model
-from ringjax.trainer.step import device_batch, finalize_metrics, make_train_step, rl_loss_fn, sequence_logprobs
+from ringjax.trainer.step import finalize_metrics, make_train_step, rl_loss_fn, sequence_logprobs
 from numerics import assert_same_train_steps, flat, params_logprob_tol
 
 PHI = 64
@@ -66,9 +66,9 @@ def _run(batch, mesh=None, loss=LOSS, optim=OPTIM, steps=1, cfg=None, tx=None) -
     for _ in range(steps):
         if mesh is not None:
             with jax.set_mesh(mesh):
-                state, sums = fn(state, device_batch(batch, mesh))
+                state, sums = fn(state, fn.inputs(batch, mesh))
         else:
-            state, sums = fn(state, device_batch(batch))
+            state, sums = fn(state, fn.inputs(batch))
         all_sums.append(finalize_metrics(jax.device_get(sums)))
         params.append(flat(state.params))
     return Run(state, all_sums, params)
@@ -107,6 +107,33 @@ def test_micro_batch_split_other_aggregations(aggregation):
     one = _batch(_responses(), rows=8, loss=loss)
     many = _batch(_responses(), rows=2, loss=loss)
     _assert_same_steps(_run(many, loss=loss, steps=2, tx=SGD), _run(one, loss=loss, steps=2, tx=SGD), one)
+
+
+def test_varying_micro_batch_counts_compile_once():
+    """Steps whose packing yields 2, 4 and 3 micro-batches run on ONE compiled accumulate and apply, in chunks of
+    2 (the last one padded with an empty micro-batch, which is skipped): the same updates as one micro-batch per
+    call, whose chunk of 1 needs no padding."""
+    runs = {}
+    for chunk in (1, 2):
+        graphdef, state = init_train_state(ringjax.create_model(CFG, seed=0), SGD, 0)
+        fn = make_train_step(graphdef, SGD, rl_loss_fn(LOSS), chunk=chunk)
+        counts, metrics = [], []
+        for seed, n in [(0, 3), (1, 12), (2, 7)]:
+            step, _ = assemble_step(_responses(seed, n), sum(len(r) for r in _responses(seed, n)))
+            batch = stack_micro_batches(pack_micro_batches(step, 2, SEQ), LOSS.aggregation, step.phi)
+            inputs = fn.inputs(batch)
+            counts.append((inputs.micro_batches, len(inputs.chunks)))
+            state, sums = fn(state, inputs)
+            metrics.append(finalize_metrics(jax.device_get(sums)))
+            assert metrics[-1]["tokens"] == step.phi
+        assert fn.compiles == {"accumulate": 1, "apply": 1} and int(state.step) == 3
+        runs[chunk] = counts, metrics, flat(state.params)
+    assert runs[1][0] == [(2, 2), (4, 4), (3, 3)] and runs[2][0] == [(2, 1), (4, 2), (3, 2)]
+    for one, two in zip(runs[1][1], runs[2][1]):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7)
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    for key, value in runs[1][2].items():
+        np.testing.assert_allclose(runs[2][2][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_sharded_step_equals_unsharded(reference):

@@ -1,6 +1,6 @@
 """Host side of a step: micro-batches stacked into one [N, ...] array dict, with whole-step token weights.
 
-The train step scans over the N micro-batches and adds their gradients. For the sum to be exactly the gradient of
+The train step runs over the N micro-batches and adds their gradients. For the sum to be exactly the gradient of
 the step's loss whatever the aggregation, each token's term is weighted by the aggregation's rule
 (`ringjax.losses.aggregation.AGGREGATIONS`, the one the loss applies to a single batch) with the counts of the
 WHOLE step (`policy_loss(..., token_weights=...)`): e.g. `c3po` 1 / phi, `token_mean` 1 / (masked tokens in the

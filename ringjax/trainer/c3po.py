@@ -229,11 +229,6 @@ def _place(lengths: Sequence[int], seq_len: int, packed: bool) -> list[list[int]
     return rows
 
 
-def _bucket(n: int) -> int:
-    """The smallest power of two >= n."""
-    return 1 << (n - 1).bit_length()
-
-
 def _empty(rows: int, seq_len: int, pad_id: int, route_shape: tuple[int, int] | None) -> MicroBatch:
     s, m = (rows, seq_len), (rows, seq_len - 1)
     routes = None if route_shape is None else np.full(s + route_shape, -1, np.int16)
@@ -262,14 +257,13 @@ def _write(mb: MicroBatch, row: int, col: int, segment: int, index: int, r: Resp
     return end
 
 
-def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool = True, pad_id: int = 0,
-                       pad_pow2: bool = False) -> list[MicroBatch]:
+def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool = True, pad_id: int = 0
+                       ) -> list[MicroBatch]:
     """Splits the step's sequences into micro-batches of fixed shape [rows, seq_len] (one jit compile).
 
     `packed` puts several sequences per row (first-fit, in order; separated by segment ids), otherwise one per row.
     The last micro-batch is filled with padding rows. Sum of `loss_mask` over all micro-batches is `step.phi`.
     When any response has a routing record, every micro-batch gets `routes` (-1 where a response has none).
-    `pad_pow2` adds all-padding micro-batches up to a power-of-two count (steps whose token count varies).
     Raises ValueError when a sequence (prompt + response) is longer than `seq_len`.
     """
     if rows < 1 or seq_len < 2:
@@ -292,6 +286,4 @@ def pack_micro_batches(step: StepBatch, rows: int, seq_len: int, *, packed: bool
             for segment, i in enumerate(ids, start=1):
                 col = _write(mb, row, col, segment, i, step.responses[i])
         out.append(mb)
-    if pad_pow2:  # all-padding micro-batches weigh nothing; a varying count would compile the step once per count
-        out += [_empty(rows, seq_len, pad_id, route_shape) for _ in range(_bucket(len(out)) - len(out))]
     return out

@@ -45,7 +45,7 @@ from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.rollout_io import PromptStream, decode_pool, encode_pool, to_responses
 from ringjax.trainer.state import (TrainState, abstract_train_state, checkpoint_meta, flatten_state, init_train_state,
                                    merge_model, restore_train_state, split_model)
-from ringjax.trainer.step import device_batch, finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
+from ringjax.trainer.step import finalize_metrics, make_score_fn, make_train_step, rl_loss_fn
 from rollout.c3po_pp import C3POPlusPlus, C3POPPConfig, Decode
 from rollout.config import RolloutConfig
 from rollout.jax_engine import JaxEngine
@@ -160,8 +160,11 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
     replay = cfg.router_replay == "replay"
+    # groups: at most one row per response, so one call a step; tokens: chunks of the first step's count
+    chunk = -(-cfg.prompts_per_batch * cfg.samples_per_prompt // cfg.rows) if cfg.budget == "groups" else None
     step_fn = make_train_step(graphdef, tx, rl_loss_fn(cfg.loss, cfg.temperature, replay), temperature=cfg.temperature,
-                              state_shardings=abstract if mesh is not None else None, router_replay=replay)
+                              state_shardings=abstract if mesh is not None else None, router_replay=replay,
+                              chunk=chunk)
     # the reference policy of the KL term: the starting model, whose arrays the train state does not share
     _, ref_params, ref_frozen = split_model(model)
     score = make_score_fn(graphdef, cfg.temperature, replay) if cfg.loss.kl_coef > 0 else None
@@ -211,18 +214,17 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             else:
                 taken, leftover = take_groups(pool, cfg.prompts_per_batch)
             pool = leftover if cfg.leftover == "keep" else []
-            pad = cfg.budget == "groups"  # a varying micro-batch count: padded to powers of two (few compiles)
             if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False,
-                                         pad_pow2=pad)
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False)
             else:
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len, pad_pow2=pad)
+                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
             batch = stack_micro_batches(mbs, cfg.loss.aggregation, cfg.phi)  # c3po divides by the constant phi
             with use_mesh(mesh):
-                batch = device_batch(batch, mesh)
+                inputs = step_fn.inputs(batch, mesh)
                 if score is not None:
-                    batch["logp_ref"] = score(ref_params, ref_frozen, batch)
-                state, sums = step_fn(state, batch)
+                    for chunk in inputs.chunks:
+                        chunk["logp_ref"] = score(ref_params, ref_frozen, chunk)
+                state, sums = step_fn(state, inputs)
             metrics = finalize_metrics(jax.device_get(sums))
             elapsed = time.perf_counter() - t0
             versions = np.concatenate([r.versions for r in taken.responses])
@@ -234,6 +236,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
                 dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
                 rollout_s=t_rollout, step_s=elapsed, tokens_per_s=taken.phi / elapsed,
                 step_responses=len(taken.responses), skipped_updates=int(state.skipped),
+                micro_batches=inputs.micro_batches, step_compiles=max(step_fn.compiles.values()),
                 **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
                 **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
                 **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()},

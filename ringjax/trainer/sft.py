@@ -16,8 +16,8 @@ Decisions the reports leave open:
   training examples), not on sampled responses: it is cheap, deterministic, and tracks the same collapse.
 - A sequence longer than `seq_len` (or with an empty prompt or response) is skipped and counted, never trained on
   truncated. `epochs` counts passes over the usable examples; the last step of a run may hold fewer examples.
-- The number of micro-batches per step is padded (with weightless padding micro-batches, an exact no-op) up to a
-  power of two, so a run compiles the step at most log2(batch_size / rows) + 1 times.
+- The number of micro-batches per step varies with the examples' lengths; the train step compiles once anyway
+  (`ringjax.trainer.step.TrainStep`).
 - The loss is the NLL only: no router auxiliary loss, and the router expert bias stays frozen as in RL.
 - The final step is always checkpointed (when checkpointing is on), so a run's last model can be picked.
 - A checkpoint holds the train state plus `data` (example cursor, epoch, dataset size, seed: a resumed run draws
@@ -208,22 +208,12 @@ def sft_loss_fn() -> LossFn:
     return loss_fn
 
 
-def pack_examples(examples: Sequence[SFTExample], rows: int, seq_len: int, pad_id: int = 0,
-                  max_micro: int | None = None) -> dict[str, np.ndarray]:
-    """Stacked micro-batches [N, rows, ...] of the examples (loss on responses, token-mean weights).
-
-    With `max_micro` (the most micro-batches a step can need), N is padded up to a power of two no larger, so a
-    run compiles few step shapes; padding micro-batches carry no token and zero weight (an exact no-op)."""
+def pack_examples(examples: Sequence[SFTExample], rows: int, seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Stacked micro-batches [N, rows, ...] of the examples (loss on responses, token-mean weights)."""
     responses = tuple(Response(prompt_id=x.id, prompt=x.prompt, tokens=x.response,
                                logp_infer=np.zeros(len(x.response)), reward=0.0, advantage=0.0) for x in examples)
     step = StepBatch(responses, phi=sum(len(r) for r in responses), cut=0)
-    batch = stack_micro_batches(pack_micro_batches(step, rows, seq_len, pad_id=pad_id), "token_mean", step.phi)
-    n = batch["tokens"].shape[0]
-    extra = 0 if max_micro is None else max(0, min(1 << (n - 1).bit_length(), max_micro) - n)
-    if extra == 0:
-        return batch
-    return {k: np.concatenate([v, np.full((extra, *v.shape[1:]), pad_id if k == "tokens" else 0, v.dtype)])
-            for k, v in batch.items()}
+    return stack_micro_batches(pack_micro_batches(step, rows, seq_len, pad_id=pad_id), "token_mean", step.phi)
 
 
 @functools.lru_cache(maxsize=2)
@@ -282,7 +272,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
     step_fn = make_train_step(graphdef, tx, sft_loss_fn(), state_shardings=abstract if mesh is not None else None,
-                              recompute_logp_old=False)
+                              recompute_logp_old=False, chunk=-(-cfg.batch_size // cfg.rows))  # one call a step
     eval_fn = make_eval_fn(graphdef)
     eval_batch = {k: v for k, v in pack_examples(evals, cfg.rows, cfg.seq_len, cfg.pad_id).items()
                   if k in ("tokens", "positions", "segment_ids", "loss_mask")}
@@ -309,14 +299,15 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
             drawn = _draw(cursor, cfg.batch_size, n, cfg.seed, limit)
             cursor += len(drawn)
             picked = [train[i] for _, i in drawn]
-            batch = pack_examples(picked, cfg.rows, cfg.seq_len, cfg.pad_id, -(-cfg.batch_size // cfg.rows))
+            batch = pack_examples(picked, cfg.rows, cfg.seq_len, cfg.pad_id)
             with use_mesh(mesh):
-                state, sums = step_fn(state, device_batch(batch, mesh))
+                state, sums = step_fn(state, step_fn.inputs(batch, mesh))
             sums = jax.device_get(sums)
             metrics = finalize_metrics(sums)
             elapsed = time.perf_counter() - t0
             metrics.update(nll_mean=float(sums["nll_sum"]) / max(float(sums["tokens"]), 1.0), lr=float(lr(step)),
                            epoch=drawn[-1][0], examples=len(picked), micro_batches=batch["tokens"].shape[0],
+                           step_compiles=max(step_fn.compiles.values()),
                            step_s=elapsed, tokens_per_s=float(sums["tokens"]) / elapsed,
                            skipped_updates=int(state.skipped))
             stopped = should_stop is not None and should_stop()

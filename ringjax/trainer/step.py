@@ -1,15 +1,15 @@
-"""The train step: one jitted function over the TrainState, donated, with explicit shardings.
+"""The train step: ONE optimiser update from a step's micro-batches, compiled once per configuration.
 
-    new_state, sums = train_step(state, batch)
+    new_state, sums = train_step(state, train_step.inputs(stack_micro_batches(...), mesh))
 
-`batch` is `stack_micro_batches(...)` on device: [N, R, S] tokens / positions / segment ids and [N, R, S-1]
-loss mask, logp_infer, advantages, token weights, policy versions (and [N, R, S, L, X] engine expert ids `routes`
-when the engine recorded them). The step first recomputes `logp_old` of every micro-batch with the chunked log-prob
-path under the pre-update weights (and measures routing disagreement and the log-prob gap by policy lag there,
-`ringjax.trainer.diagnostics`), then scans over the micro-batches adding float32 gradients, and applies ONE
-optimiser update. With router replay both passes route every token through the engine's recorded experts.
-A non-finite loss or gradient norm keeps params and optimiser state exactly as they were (the step and skip
-counters still advance), so a bad batch cannot corrupt a run.
+Each micro-batch holds [R, S] tokens / positions / segment ids and [R, S-1] loss mask, logp_infer, advantages,
+token weights, policy versions (and [R, S, L, X] engine expert ids `routes` when the engine recorded them). For
+every micro-batch the step recomputes `logp_old` with the chunked log-prob path under the pre-update weights
+(measuring routing disagreement and the log-prob gap by policy lag there, `ringjax.trainer.diagnostics`) and adds
+its float32 gradient; then it applies ONE optimiser update. The micro-batch count of a step varies with packing;
+no compiled shape depends on it (`TrainStep`). With router replay both passes route every token through the
+engine's recorded experts. A non-finite loss or gradient norm keeps params and optimiser state exactly as they
+were (the step and skip counters still advance), so a bad batch cannot corrupt a run.
 
 `sums` are additive statistics (keys ending in `_max` are maxima); `finalize_metrics` turns them into the
 logged means on the host.
@@ -17,7 +17,9 @@ logged means on the host.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -116,49 +118,97 @@ def finalize_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
-                    temperature: float = 1.0, state_shardings: TrainState | None = None,
-                    recompute_logp_old: bool = True, router_replay: bool = False):
-    """The jitted, state-donating step; `state_shardings` (e.g. from `abstract_train_state`) pins the layout.
+class StepInput(NamedTuple):
+    """A step's micro-batches on device, in chunks of the step's fixed `chunk` size (`TrainStep.inputs`)."""
 
-    `loss_fn(model, micro_batch, logp_old, n_micro) -> (loss, additive sums incl. "loss")`. Without
-    `recompute_logp_old` (SFT) the extra forward pass is skipped and `logp_old` is zeros. `router_replay` must
-    match the loss function's (`rl_loss_fn(..., router_replay=...)`): logp_old is taken under the same routing."""
+    chunks: list[dict[str, jax.Array]]  # [K, R, ...] each; the last one filled up with empty micro-batches
+    micro_batches: int  # real micro-batches (the empty ones are skipped, never computed)
 
-    def step(state: TrainState, batch: Batch):
-        def model_of(params):
-            return merge_model(graphdef, params, state.frozen)
 
-        n_micro = batch["tokens"].shape[0]
-        diag = {}
-        if recompute_logp_old:
-            def old(mb):
-                logp, _, _, chosen = _forward(model_of(state.params), mb, temperature, router_replay)
-                routing = {}
-                if "routes" in mb and chosen.shape[0]:  # per micro-batch: no [N L R S X] id tensor is kept
-                    routing = diagnostics.routing_sums(chosen, mb["routes"], mb["loss_mask"].astype(bool))
-                return logp, routing
+class TrainStep:
+    """`(state, inputs) -> (new_state, sums)`: ONE optimiser update from any number of micro-batches.
 
-            logp_old, routing = jax.lax.stop_gradient(jax.lax.map(old, batch))  # [N R S-1], {key: [N]}
-            diag.update({k: jnp.sum(v) for k, v in routing.items()})
-            mask = batch["loss_mask"].astype(bool)
-            if "versions" in batch:
-                diag.update(diagnostics.gap_sums(logp_old, batch["logp_infer"], batch["versions"], state.step, mask))
+    Two jitted functions do the work: `accumulate` scans over one chunk of `chunk` micro-batches (per micro-batch:
+    logp_old under the pre-update weights, its diagnostics, loss and gradient added to the float32 accumulator;
+    an empty micro-batch, one without a loss token, is skipped by a `lax.cond`), then `apply` takes the gradient
+    norm, checks for non-finite values and applies the optimiser update (the state donated). A step of N
+    micro-batches runs ceil(N / chunk) `accumulate` calls; no compiled shape depends on N, so a run compiles each
+    function once however its packing varies (`compiles` counts the traces). `chunk` (default: the first step's
+    micro-batch count) trades calls for padding: scanning several micro-batches in one call lets XLA reuse its
+    buffers and hoist work that depends only on the weights. The weights do not change between the calls of a
+    step, so every micro-batch's logp_old is that of the pre-update policy."""
+
+    def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
+                 temperature: float, state_shardings: TrainState | None, recompute_logp_old: bool,
+                 router_replay: bool, chunk: int | None = None):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"train step chunk={chunk} must be >= 1")
+        self.chunk = chunk
+        self.compiles = collections.Counter()
+        self._graphdef, self._tx, self._loss_fn = graphdef, tx, loss_fn
+        self._temperature, self._recompute, self._replay = temperature, recompute_logp_old, router_replay
+        shardings = None if state_shardings is None else jax.tree.map(lambda a: a.sharding, state_shardings)
+        grad_shardings = None if shardings is None else shardings.params
+        self.accumulate = jax.jit(self._accumulate, donate_argnums=(3, 4),
+                                  out_shardings=None if shardings is None else (grad_shardings, None))
+        self.apply = jax.jit(self._apply, donate_argnums=0,
+                             out_shardings=None if shardings is None else (shardings, None))
+        self._zeros = jax.jit(lambda params: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+                              out_shardings=grad_shardings)
+        self._sums_shapes = {}
+
+    def inputs(self, batch: Mapping[str, np.ndarray], mesh: Mesh | None = None) -> StepInput:
+        """Host micro-batches [N, R, ...] (`stack_micro_batches`) to device chunks of `chunk` micro-batches."""
+        n = next(iter(batch.values())).shape[0]
+        if n < 1:
+            raise ValueError("a train step needs at least one micro-batch")
+        self.chunk = self.chunk or n
+        pad = -n % self.chunk
+        if pad:
+            batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        chunks = [device_batch({k: v[i:i + self.chunk] for k, v in batch.items()}, mesh)
+                  for i in range(0, n + pad, self.chunk)]
+        return StepInput(chunks, n)
+
+    def _model(self, params, frozen):
+        return merge_model(self._graphdef, params, frozen)
+
+    def _micro(self, params, frozen, step, mb, n_micro):
+        """(grads, sums) of one micro-batch; logp_old (and its diagnostics) under `params`, without gradient."""
+        sums = {}
+        if self._recompute:
+            logp_old, _, _, chosen = _forward(self._model(params, frozen), mb, self._temperature, self._replay)
+            logp_old = jax.lax.stop_gradient(logp_old)
+            mask = mb["loss_mask"].astype(bool)
+            if "routes" in mb and chosen.shape[0]:
+                sums.update(diagnostics.routing_sums(jax.lax.stop_gradient(chosen), mb["routes"], mask))
+            if "versions" in mb:
+                sums.update(diagnostics.gap_sums(logp_old, mb["logp_infer"], mb["versions"], step, mask))
         else:
-            logp_old = jnp.zeros(batch["loss_mask"].shape, jnp.float32)
+            logp_old = jnp.zeros(mb["loss_mask"].shape, jnp.float32)
+        (_, loss_sums), grads = jax.value_and_grad(
+            lambda p: self._loss_fn(self._model(p, frozen), mb, logp_old, n_micro), has_aux=True)(params)
+        return grads, {**sums, **loss_sums}
 
-        def micro(grads, xs):
-            mb, old = xs
-            (_, sums), g = jax.value_and_grad(lambda p: loss_fn(model_of(p), mb, old, n_micro), has_aux=True)(
-                state.params)
-            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), sums
+    def _accumulate(self, params, frozen, step, grads, sums, chunk, n_micro):
+        self.compiles["accumulate"] += 1  # runs only when jax traces: once per distinct shape
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-        grads, sums = jax.lax.scan(micro, zeros, (batch, logp_old))
-        sums = {k: jnp.max(v) if k.endswith("_max") else jnp.sum(v) for k, v in sums.items()}
+        def add(carry, mb):
+            g, s = self._micro(params, frozen, step, mb, n_micro)
+            grads, sums = carry
+            grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+            return grads, {k: jnp.maximum(v, s[k]) if k.endswith("_max") else v + s[k] for k, v in sums.items()}
+
+        def body(carry, mb):  # an empty micro-batch (chunk padding) costs nothing
+            return jax.lax.cond(jnp.any(mb["loss_mask"]), add, lambda c, _: c, carry, mb), None
+
+        return jax.lax.scan(body, (grads, sums), chunk)[0]
+
+    def _apply(self, state: TrainState, grads, sums):
+        self.compiles["apply"] += 1
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self._tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
         def keep(new, old):
@@ -166,13 +216,47 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 
         new_state = TrainState(keep(params, state.params), state.frozen, keep(opt_state, state.opt_state),
                                state.step + 1, state.skipped + (~ok).astype(jnp.int32), state.rng)
-        sums.update(grad_norm=grad_norm, update_skipped=(~ok).astype(jnp.float32), **diag)
-        return new_state, sums
+        return new_state, {**sums, "grad_norm": grad_norm, "update_skipped": (~ok).astype(jnp.float32)}
 
-    if state_shardings is None:
-        return jax.jit(step, donate_argnums=0)
-    shardings = jax.tree.map(lambda a: a.sharding, state_shardings)
-    return jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
+    def _start(self, state: TrainState, chunk: Batch):
+        """Zero gradient accumulator and sums (maxima start at 0: they are of values >= 0)."""
+        mb = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in chunk.items()}
+        key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in mb.items()))
+        if key not in self._sums_shapes:  # the sums' structure (it depends on the batch's fields), traced once
+            n = jax.ShapeDtypeStruct((), jnp.int32)
+            self._sums_shapes[key] = jax.eval_shape(self._micro, state.params, state.frozen, state.step, mb, n)[1]
+        return self._zeros(state.params), {k: jnp.zeros(v.shape, v.dtype) for k, v in self._sums_shapes[key].items()}
+
+    def compile(self, state: TrainState, inputs: StepInput) -> None:
+        """Compiles both functions ahead of time for this state and chunk shape (e.g. outside a timed region); later
+        calls run the compiled executables, so every chunk must have this shape."""
+        grads, sums = self._start(state, inputs.chunks[0])
+        n = jnp.zeros((), jnp.int32)
+        self.accumulate = self.accumulate.lower(state.params, state.frozen, state.step, grads, sums,
+                                                inputs.chunks[0], n).compile()
+        self.apply = self.apply.lower(state, grads, sums).compile()
+
+    def __call__(self, state: TrainState, inputs: StepInput) -> tuple[TrainState, dict[str, jax.Array]]:
+        n_micro = jnp.asarray(inputs.micro_batches, jnp.int32)
+        grads, sums = self._start(state, inputs.chunks[0])
+        for chunk in inputs.chunks:
+            grads, sums = self.accumulate(state.params, state.frozen, state.step, grads, sums, chunk, n_micro)
+        return self.apply(state, grads, sums)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
+                    temperature: float = 1.0, state_shardings: TrainState | None = None,
+                    recompute_logp_old: bool = True, router_replay: bool = False, chunk: int | None = None
+                    ) -> TrainStep:
+    """The train step (`TrainStep`); `state_shardings` (e.g. from `abstract_train_state`) pins the layout; `chunk`
+    micro-batches run per compiled call (default: the first step's count).
+
+    `loss_fn(model, micro_batch, logp_old, n_micro) -> (loss, additive sums incl. "loss")`, `n_micro` the step's
+    micro-batch count (a traced scalar). Without `recompute_logp_old` (SFT) the extra forward pass is skipped and
+    `logp_old` is zeros. `router_replay` must match the loss function's (`rl_loss_fn(..., router_replay=...)`):
+    logp_old is taken under the same routing."""
+    return TrainStep(graphdef, tx, loss_fn, temperature=temperature, state_shardings=state_shardings,
+                     recompute_logp_old=recompute_logp_old, router_replay=router_replay, chunk=chunk)
 
 
 def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh | None = None) -> dict[str, jax.Array]:
@@ -189,3 +273,4 @@ def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh | None = None) -> d
         sharding = NamedSharding(mesh, PartitionSpec(None, split))
         out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
     return out
+

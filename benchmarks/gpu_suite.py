@@ -1,0 +1,240 @@
+"""Every accelerator measurement of ringjax in one command: about 8 minutes on one H200 at `--size full`.
+
+    PYTHONPATH=. python3 benchmarks/gpu_suite.py [--size full|toy] [--layers 4] [--out FILE]
+
+Needs only jax, flax, optax and numpy / pyyaml / jaxtyping (ringjax's model and trainer import nothing else), so it
+runs on an accelerator image without the rollout stack's services. `--size toy` runs the same code on the test
+preset in seconds (the test suite runs it on CPU). Four parts, each one JSON line, then {"summary": ...}:
+- `train`: the RL train step (`make_train_step`: logp_old recomputation, IcePop-corrected C3PO loss, float32
+  gradient accumulation, AdamW) on a Ling-mini-2.0-shaped MoE (hidden 2048, 256 experts top-8 + 1 shared,
+  vocabulary 157184) cut to `--layers` decoder layers, bfloat16 compute, float32 weights; `--seqs` x `--seq-len`
+  tokens per step in micro-batches of `--rows` rows. Step time is the median of `--runs` after a compiling step;
+  `mfu` = 8 x active matmul parameters x tokens / step time / the device's dense bf16 peak (6 for forward +
+  backward, 2 for the logp_old forward; active parameters without the embedding table, which is a lookup;
+  attention score FLOPs are not counted, so this under-states the work), `peak_mib` the device's peak memory where
+  it reports one.
+- `profile`: one more step under `jax.profiler` (a Perfetto trace), device time aggregated by op name: the top
+  `--top-ops` ops and their share.
+- `decode`: the embedded engine (`rollout.jax_engine.JaxEngine`) on the same model, `--prompt-len` prompts and
+  `--new-tokens` new tokens per row at each of `--batches`, generated tokens/s (median of 2 runs after a warm-up).
+- `logprob_memory`: compiled temporary memory of the log-prob pass with its gradient (`token_logprobs`, what the
+  train step differentiates) at the full vocabulary, chunked (`--lp-chunk`, the default `compute.logprob_chunk`)
+  against one chunk holding the whole sequence (the [B, S, V] float32 logits a naive implementation builds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ringjax.losses import LossConfig
+from ringjax.model import count_params, create_model, preset
+from ringjax.model.logprobs import token_logprobs
+from ringjax.trainer.optim import OptimConfig, make_optimizer
+from ringjax.trainer.state import init_train_state
+from ringjax.trainer.step import make_train_step, rl_loss_fn
+from _summary import emit_summary
+from train_bench import PEAK_TFLOPS, make_batch
+
+# --size: the model and the work of each part. full: about 8 minutes on one H200; toy: seconds on 2 CPU cores.
+SIZES = {
+    "full": {"preset": "ling-mini-2.0", "layers": 4, "seqs": 32, "seq_len": 2048, "rows": 8, "runs": 3,
+             "batches": "64,256", "prompt_len": 128, "new_tokens": 256, "lp_rows": 4, "lp_seq": 4096, "lp_chunk": 1024},
+    "toy": {"preset": "tiny-v2", "layers": 2, "seqs": 4, "seq_len": 64, "rows": 2, "runs": 2,
+            "batches": "4,8", "prompt_len": 8, "new_tokens": 8, "lp_rows": 2, "lp_seq": 512, "lp_chunk": 64},
+}
+
+
+def _peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _mib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**20, 3)
+
+
+def model_config(args):
+    return preset(args.preset, num_hidden_layers=args.layers, **{"compute.dtype": args.dtype,
+                                                                  "compute.param_dtype": "float32"})
+
+
+def bench_train(cfg, args) -> tuple[dict, object, object]:
+    """(row, step function, (state, batch)) of the timed train steps."""
+    loss = LossConfig()
+    tx = make_optimizer(OptimConfig(lr=1e-5))
+    graphdef, state = init_train_state(create_model(cfg, seed=0), tx, 0)
+    step = make_train_step(graphdef, tx, rl_loss_fn(loss))
+    batch = step.inputs(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
+    t0 = time.perf_counter()
+    state, sums = step(state, batch)
+    jax.block_until_ready(sums)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        state, sums = step(state, batch)
+        jax.block_until_ready(sums)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    tokens = args.seqs * args.seq_len
+    counts = count_params(cfg)
+    flops = 8 * (counts.active - cfg.vocab_size * cfg.hidden_size) * tokens  # the embedding is a lookup
+    peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+    row = {"part": "train", "layers": cfg.num_hidden_layers, "params_total": counts.total,
+           "params_active": counts.active, "tokens_per_step": tokens, "micro_batches": batch.micro_batches,
+           "step_s": round(t, 4), "runs_s": [round(x, 4) for x in times], "compile_s": round(first - t, 2),
+           "tokens_per_s": round(tokens / t, 1), "tflops_per_s": round(flops / t / 1e12, 2),
+           "mfu": None if not peak else round(flops / t / (peak * 1e12), 4), "peak_tflops": peak,
+           "peak_mib": _mib(_peak_bytes()), "compiles": dict(step.compiles), "skipped": int(state.skipped)}
+    return row, step, (state, batch)
+
+
+def _trace_ops(trace_dir: str, top: int) -> list[dict]:
+    """Device time per op name from the Perfetto trace (host-side Python and dispatch events left out)."""
+    path = sorted(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    with gzip.open(path, "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    device = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+              and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+    host = ("$", "PjitFunction", "Execute", "Thunk", "TfrtCpu", "ThreadPool", "ParseArguments", "DevicePut")
+    time_by_op = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or not e.get("dur"):
+            continue
+        if (device and e["pid"] in device) or (not device and not e["name"].startswith(host)
+                                               and "::" not in e["name"]):
+            time_by_op[e["name"]] += e["dur"]
+    total = sum(time_by_op.values()) or 1.0
+    return [{"op": name, "ms": round(us / 1e3, 3), "share": round(us / total, 4)}
+            for name, us in time_by_op.most_common(top)]
+
+
+def profile_step(step, state, batch, top: int) -> tuple[dict, object]:
+    with tempfile.TemporaryDirectory(prefix="gpu_suite_trace_") as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            state, sums = step(state, batch)
+            jax.block_until_ready(sums)
+        ops = _trace_ops(tmp, top)
+    return {"part": "profile", "top_ops": ops}, state
+
+
+def bench_decode(model, args) -> dict:
+    from rollout.jax_engine import JaxEngine, run_to_completion
+    from rollout.types import Request, SamplingParams
+
+    def run(engine, batch: int, seed: int) -> float:
+        ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, (batch, args.prompt_len))
+        sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.new_tokens)
+        requests = [Request(f"r{seed}-{i}", ids[i], sampling) for i in range(batch)]
+        t0 = time.perf_counter()
+        done = run_to_completion(engine, requests)
+        elapsed = time.perf_counter() - t0
+        short = [o.id for o in done.values() if len(o.tokens) != args.new_tokens]
+        if short:
+            raise RuntimeError(f"decode batch {batch}: rows {short[:3]} did not generate {args.new_tokens}")
+        return elapsed
+
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        engine = JaxEngine(model, slots=batch, max_context=args.prompt_len + args.new_tokens,
+                           decode_chunk=args.decode_chunk, seed=0)
+        try:
+            first = run(engine, batch, 0)
+            t = statistics.median([run(engine, batch, 1), run(engine, batch, 2)])
+        finally:
+            engine.close()
+        rows.append({"batch": batch, "gen_tok_per_s": round(batch * args.new_tokens / t, 1),
+                     "median_s": round(t, 4), "first_s": round(first, 2)})
+    return {"part": "decode", "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+            "decode_chunk": args.decode_chunk, "runs": rows}
+
+
+def logprob_memory(cfg, args) -> dict:
+    """Compiled temp bytes of d/d(hidden, head) sum(log p) over [rows, seq] tokens at the full vocabulary."""
+    b, s, h, v = args.lp_rows, args.lp_seq, cfg.hidden_size, cfg.vocab_size
+    dtype = jnp.dtype(args.dtype)
+    shapes = (jax.ShapeDtypeStruct((b, s, h), dtype), jax.ShapeDtypeStruct((v, h), jnp.float32),
+              jax.ShapeDtypeStruct((b, s), jnp.int32))
+
+    def temp_bytes(chunk: int) -> int:
+        def loss(hidden, head, targets):
+            return jnp.sum(token_logprobs(hidden, head, targets, chunk)[0])
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+
+    chunk = args.lp_chunk
+    chunked, whole = temp_bytes(chunk), temp_bytes(s)
+    return {"part": "logprob_memory", "rows": b, "seq_len": s, "vocab": v, "chunk": chunk,
+            "chunked_temp_mib": _mib(chunked), "unchunked_temp_mib": _mib(whole),
+            "logits_f32_mib": _mib(4 * b * s * v), "saving": round(whole / max(chunked, 1), 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="full", choices=sorted(SIZES))
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--seqs", type=int, default=None)
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--batches", default=None)
+    ap.add_argument("--prompt-len", type=int, default=None)
+    ap.add_argument("--new-tokens", type=int, default=None)
+    ap.add_argument("--lp-rows", type=int, default=None)
+    ap.add_argument("--lp-seq", type=int, default=None)
+    ap.add_argument("--lp-chunk", type=int, default=None)
+    ap.add_argument("--decode-chunk", type=int, default=32)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--top-ops", type=int, default=12)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: train,profile,decode,"
+                    "logprob_memory")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    for key, value in SIZES[args.size].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    skip = set(filter(None, args.skip.split(",")))
+    start = time.perf_counter()
+    cfg = model_config(args)
+    env = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+           "devices": jax.device_count(), "size": args.size, "preset": args.preset, "dtype": args.dtype}
+    print(json.dumps({"env": env}), flush=True)
+    parts = {}
+
+    def emit(row: dict) -> None:
+        row["elapsed_s"] = round(time.perf_counter() - start, 1)
+        parts[row["part"]] = row
+        print(json.dumps(row), flush=True)
+
+    if "train" not in skip:
+        row, step, (state, batch) = bench_train(cfg, args)
+        emit(row)
+        if "profile" not in skip:
+            row, state = profile_step(step, state, batch, args.top_ops)
+            emit(row)
+        del step, state, batch
+    if "logprob_memory" not in skip:
+        emit(logprob_memory(cfg, args))
+    if "decode" not in skip:
+        emit(bench_decode(create_model(cfg, seed=0), args))
+    summary = {"env": env, "parts": parts, "seconds": round(time.perf_counter() - start, 1)}
+    return emit_summary(summary, args.out)
+
+
+if __name__ == "__main__":
+    main()
