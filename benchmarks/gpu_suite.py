@@ -37,14 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ringjax.losses import LossConfig
 from ringjax.model import count_params, create_model, preset
 from ringjax.model.logprobs import token_logprobs
-from ringjax.trainer.optim import OptimConfig, make_optimizer
-from ringjax.trainer.state import init_train_state
-from ringjax.trainer.step import make_train_step, rl_loss_fn
 from _summary import emit_summary
-from train_bench import PEAK_TFLOPS, make_batch
+from train_bench import PEAK_TFLOPS, time_steps
 
 # --size: the model and the work of each part. full: about 8 minutes on one H200; toy: seconds on 2 CPU cores.
 SIZES = {
@@ -71,21 +67,7 @@ def model_config(args):
 
 def bench_train(cfg, args) -> tuple[dict, object, object]:
     """(row, step function, (state, batch)) of the timed train steps."""
-    loss = LossConfig()
-    tx = make_optimizer(OptimConfig(lr=1e-5))
-    graphdef, state = init_train_state(create_model(cfg, seed=0), tx, 0)
-    step = make_train_step(graphdef, tx, rl_loss_fn(loss))
-    batch = step.inputs(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
-    t0 = time.perf_counter()
-    state, sums = step(state, batch)
-    jax.block_until_ready(sums)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        state, sums = step(state, batch)
-        jax.block_until_ready(sums)
-        times.append(time.perf_counter() - t0)
+    step, state, batch, first, times = time_steps(cfg, args)
     t = statistics.median(times)
     tokens = args.seqs * args.seq_len
     counts = count_params(cfg)

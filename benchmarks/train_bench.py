@@ -44,12 +44,12 @@ def make_batch(vocab: int, seqs: int, seq_len: int, rows: int, loss: LossConfig,
     return stack_micro_batches(pack_micro_batches(step, rows, seq_len, packed=False), loss.aggregation, step.phi)
 
 
-def bench(name: str, args) -> dict:
-    cfg = preset(name, **{"compute.dtype": args.dtype, "compute.param_dtype": "float32"})
+def time_steps(cfg, args):
+    """(step, state, inputs, first call s, timed call s) of `args.runs` train steps after a compiling one, on
+    `args.seqs` x `args.seq_len` tokens in micro-batches of `args.rows` rows."""
     loss = LossConfig()  # c3po over phi = seqs * (seq_len - PROMPT), every response token of the step
     tx = make_optimizer(OptimConfig(lr=1e-5))
-    model = create_model(cfg, seed=0)
-    graphdef, state = init_train_state(model, tx, 0)
+    graphdef, state = init_train_state(create_model(cfg, seed=0), tx, 0)
     step = make_train_step(graphdef, tx, rl_loss_fn(loss))
     batch = step.inputs(make_batch(cfg.vocab_size, args.seqs, args.seq_len, args.rows, loss, 0))
     t0 = time.perf_counter()
@@ -62,6 +62,12 @@ def bench(name: str, args) -> dict:
         state, sums = step(state, batch)
         jax.block_until_ready(sums)
         times.append(time.perf_counter() - t0)
+    return step, state, batch, first, times
+
+
+def bench(name: str, args) -> dict:
+    cfg = preset(name, **{"compute.dtype": args.dtype, "compute.param_dtype": "float32"})
+    _, state, batch, first, times = time_steps(cfg, args)
     t = statistics.median(times)
     tokens = args.seqs * args.seq_len
     active = count_params(cfg).active
