@@ -1,7 +1,7 @@
 """Decode throughput of the embedded JAX engine and of SGLang on the same exported model, same batch.
 
     PYTHONPATH=. python3 benchmarks/engine_bench.py [--sizes bench-tiny,bench-100m] [--batches 8,32]
-        [--chunks 8,32] [--repeats 3] [--skip-sglang] [--skip-static] [--out FILE]
+        [--chunks 8,32] [--repeats 3] [--tunix-python V/bin/python] [--skip-sglang] [--skip-static] [--out FILE]
 
 The decode protocol of docs/benchmarks.md: `batch` prompts of --prompt-len random ids, --new-tokens new
 tokens, temperature 1.0, top_p 1.0, no stop ids and max_tokens = --new-tokens, so every row generates every token
@@ -11,16 +11,20 @@ tokens, temperature 1.0, top_p 1.0, no stop ids and max_tokens = --new-tokens, s
   `run_to_completion` from submit to the last output (prefill included);
 - static: `ringjax.generate.generate` on the same batch, as `benchmarks/model_bench.py` measures it (reference);
 - sglang: the model exported with `ringjax.save_pretrained` to a temporary folder, ONE `SGLangEngine` per size
-  (SGLang 0.5.23 on CPU, float32, KV pool sized for the largest batch), driven the same way as the JAX engine.
+  (SGLang 0.5.23 on CPU, float32, KV pool sized for the largest batch), driven the same way as the JAX engine;
+- tunix: Tunix 0.1.7's Sampler on its own Qwen3-MoE at the same size (`benchmarks/peers/tunix_parts.py --part decode`,
+  run by `--tunix-python`, the python of a virtualenv with google-tunix 0.1.7 and jax[cpu]), same prompts, lengths
+  and sampling; a missing interpreter or a failed run is reported as {"missing": why}.
 `gen_tok_per_s` = batch * new tokens / wall time; each figure is the median of --repeats timed runs after one
 warm-up run (`first_s`: the warm-up, compile included); `best_tok_per_s` uses the fastest run. `load_avg` is the
 1-minute load average before and after each measurement: figures taken while other work loads the machine are not
 comparable (SGLang's CPU path, whose OpenMP threads are pinned to the cores, suffers most).
 
-`targets` holds docs/benchmarks.md's bar for the embedded JAX engine: 2x the best peer of each column of its decode
-table (copied into PEERS below), with pass / fail for the best `decode_chunk`, and `jax_over_sglang` (the GPU bar
-is 0.8x SGLang on the same model and batch). Prints one JSON line per measurement and a final {"summary": ...}
-line (also written to --out). Device-agnostic for the JAX side; SGLang is started with --device cpu.
+`targets` holds docs/benchmarks.md's bar for the embedded JAX engine: 2x the best peer of each column, among the peers
+measured in this run only (no figure of another run or machine is compared), with pass / fail for the best
+`decode_chunk`, and `jax_over_sglang` (the GPU bar is 0.8x SGLang on the same model and batch). Prints one JSON line per
+measurement and a final {"summary": ...} line (also written to --out). Device-agnostic for the JAX side; SGLang is
+started with --device cpu.
 """
 
 from __future__ import annotations
@@ -42,16 +46,10 @@ from ringjax.hf import save_pretrained
 from ringjax.model import create_model, preset
 from rollout.jax_engine import JaxEngine, run_to_completion
 from rollout.types import Request, SamplingParams
+from _peer import run_peer
 from _summary import emit_summary
 from model_bench import bench_decode
 
-# The peer decode table of docs/benchmarks.md (generated tokens/s, 2-core CPU, f32 unless noted): {engine: {column:
-# figure}}. Only peers re-measured in the same run on the same machine support a claim (see there).
-PEERS = {
-    "Tunix 0.1.7 Sampler, f32": {"tiny/b8": 1404, "tiny/b32": 2011, "100m/b8": 119, "100m/b32": 284},
-    "SGLang 0.5.23 on CPU, f32": {"tiny/b8": 698, "tiny/b32": 1296, "100m/b8": 212, "100m/b32": 429},
-    "SGLang 0.5.23 on CPU, bf16": {"tiny/b8": 547, "tiny/b32": 1155, "100m/b8": 216, "100m/b32": 455},
-}
 TARGET_FACTOR = 2.0  # the embedded JAX engine must reach 2x the best peer in every column
 TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
@@ -135,24 +133,34 @@ def sglang_engine(model, batches: list[int], args, routed_experts: bool = False)
             engine.close()
 
 
+def bench_tunix(size: str, args) -> dict:
+    """{batch: Tunix's decode row} for this size, or {"missing": why}."""
+    lines = run_peer(args.tunix_python, "tunix_parts.py",
+                     ["--part", "decode", "--size", size, "--batches", args.batches, "--prompt-len",
+                      str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--runs", str(args.repeats),
+                      "--seed", str(args.seed)], args.peer_timeout)
+    return lines if isinstance(lines, dict) else {line["batch"]: line for line in lines}
+
+
 def targets(results: list[dict]) -> dict:
-    """The bar of docs/benchmarks.md per column: 2x the best peer, met or not by the JAX engine's best decode_chunk."""
+    """Per column: the best peer measured in this run, 2x its figure, and whether the JAX engine's best
+    decode_chunk reaches it. A column without a measured peer gets no target."""
     out = {}
     for r in results:
-        col = r["column"]
-        if col not in PEERS["Tunix 0.1.7 Sampler, f32"]:
+        peers = {name: r[name]["gen_tok_per_s"] for name in ("tunix", "sglang")
+                 if isinstance(r.get(name), dict) and "gen_tok_per_s" in r[name]}
+        if not peers or not r.get("jax_engine"):
             continue
-        best_peer = max(PEERS, key=lambda e: PEERS[e][col])
-        entry = {"best_peer": best_peer, "best_peer_tok_per_s": PEERS[best_peer][col],
-                 "target_tok_per_s": TARGET_FACTOR * PEERS[best_peer][col]}
-        if r.get("jax_engine"):
-            best = max(r["jax_engine"], key=lambda x: x["gen_tok_per_s"])
-            entry.update(jax_engine_tok_per_s=best["gen_tok_per_s"], decode_chunk=best["decode_chunk"],
-                         ratio_to_best_peer=round(best["gen_tok_per_s"] / PEERS[best_peer][col], 2),
-                         passed=best["gen_tok_per_s"] >= entry["target_tok_per_s"])
-            if r.get("sglang"):
-                entry["jax_over_sglang"] = round(best["gen_tok_per_s"] / r["sglang"]["gen_tok_per_s"], 2)
-        out[col] = entry
+        best_peer = max(peers, key=peers.get)
+        best = max(r["jax_engine"], key=lambda x: x["gen_tok_per_s"])
+        entry = {"best_peer": best_peer, "best_peer_tok_per_s": peers[best_peer],
+                 "target_tok_per_s": TARGET_FACTOR * peers[best_peer], "jax_engine_tok_per_s": best["gen_tok_per_s"],
+                 "decode_chunk": best["decode_chunk"],
+                 "ratio_to_best_peer": round(best["gen_tok_per_s"] / peers[best_peer], 2),
+                 "passed": best["gen_tok_per_s"] >= TARGET_FACTOR * peers[best_peer]}
+        if "sglang" in peers:
+            entry["jax_over_sglang"] = round(best["gen_tok_per_s"] / peers["sglang"], 2)
+        out[r["column"]] = entry
     return out
 
 
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tunix-python", default=None, help="the python of a virtualenv with google-tunix 0.1.7")
+    ap.add_argument("--peer-timeout", type=float, default=3600.0)
     ap.add_argument("--skip-sglang", action="store_true")
     ap.add_argument("--skip-static", action="store_true", help="leave out the static sampler reference")
     ap.add_argument("--sglang-start-timeout", type=float, default=600.0)
@@ -189,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
             if not args.skip_static:
                 row["static"] = bench_static(model, batch, args)
             rows.append(row)
+        if args.tunix_python:
+            tunix = bench_tunix(size, args)
+            for row in rows:
+                row["tunix"] = tunix if "missing" in tunix else tunix.get(row["batch"], {"missing": "no row"})
         if not args.skip_sglang:
             with sglang_engine(model, batches, args) as (engine, info):
                 env.setdefault("sglang", info["sglang"])
@@ -201,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     env["load_avg_end"] = list(os.getloadavg())
     table = {r["column"]: {"jax_engine": {f"chunk{x['decode_chunk']}": x["gen_tok_per_s"] for x in r["jax_engine"]},
                            **({"static": r["static"]["gen_tok_per_s"]} if "static" in r else {}),
-                           **({"sglang": r["sglang"]["gen_tok_per_s"]} if "sglang" in r else {})}
+                           **{peer: r[peer].get("gen_tok_per_s", r[peer].get("missing"))
+                              for peer in ("sglang", "tunix") if peer in r}}
              for r in results}
     summary = {"env": env, "results": results, "decode_gen_tok_per_s": table, "targets": targets(results)}
     return emit_summary(summary, args.out)

@@ -13,7 +13,8 @@ beta: both sides compute reference log-probs every step) and one AdamW update.
   rewards, packing, reference and old log-probs, update).
 - Tunix: `benchmarks/peers/tunix_rl_step.py` run by `--tunix-python` (Tunix 0.1.7 in its own virtualenv:
   `python3 -m venv V && V/bin/pip install google-tunix==0.1.7 "jax[cpu]"`); a step is its learner's generate-and-
-  advantage phase plus `update_actor`. Without `--tunix-python` only ringjax is measured.
+  advantage phase plus `update_actor`. Without `--tunix-python` only ringjax is measured; a Tunix side that cannot
+  run is reported as {"missing": why}, with no ratio.
 Each side's figure is the median of `--runs` steps after `--warmup` steps (compilation). `tunix_over_ringjax` is
 Tunix's step time over ringjax's; the bar (docs/benchmarks.md) is 3.0 or more. Prints one JSON line per side and
 size and a final {"summary": ...} (also written to --out).
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,9 +37,9 @@ from ringjax.model import count_params, create_model, preset
 from ringjax.trainer.optim import OptimConfig
 from ringjax.trainer.rl import RLConfig, train_rl
 from rollout.config import RolloutConfig
+from _peer import run_peer
 from _summary import emit_summary
 
-PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "tunix_rl_step.py")
 TARGET = 3.0  # Tunix's step time over ringjax's
 KL_COEF = 0.04  # Tunix's default GRPO beta
 
@@ -84,16 +84,11 @@ def bench_ringjax(size: str, args) -> dict:
 
 
 def bench_tunix(size: str, args) -> dict:
-    cmd = [args.tunix_python, PEER, "--size", size, "--prompts", str(args.prompts), "--group", str(args.group),
-           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--beta", str(KL_COEF),
-           "--warmup", str(args.warmup), "--runs", str(args.runs), "--seed", str(args.seed)]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout, env={**env,
-                          "JAX_PLATFORMS": "cpu"})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"the Tunix side failed (exit {done.returncode}): {done.stderr[-2000:]}")
-    return {"side": "tunix", **json.loads(lines[-1])}
+    lines = run_peer(args.tunix_python, "tunix_rl_step.py",
+                     ["--size", size, "--prompts", str(args.prompts), "--group", str(args.group), "--prompt-len",
+                      str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--beta", str(KL_COEF), "--warmup",
+                      str(args.warmup), "--runs", str(args.runs), "--seed", str(args.seed)], args.peer_timeout)
+    return {"side": "tunix", **(lines if isinstance(lines, dict) else lines[-1])}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,9 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tunix_python:
             row["tunix"] = bench_tunix(size, args)
             print(json.dumps(row["tunix"]), flush=True)
-            ratio = row["tunix"]["step_s"] / row["ringjax"]["step_s"]
-            row["tunix_over_ringjax"] = round(ratio, 2)
-            row["target_met"] = ratio >= TARGET
+            tunix_s = row["tunix"].get("step_s")  # absent when the Tunix side is missing
+            row["tunix_over_ringjax"] = round(tunix_s / row["ringjax"]["step_s"], 2) if tunix_s else None
+            if row["tunix_over_ringjax"] is not None:
+                row["target_met"] = row["tunix_over_ringjax"] >= TARGET
         sizes[size] = row
     env["load_avg_end"] = os.getloadavg()[0]
     return emit_summary({"env": env, "config": config, "target": TARGET, "sizes": sizes}, args.out)

@@ -1,20 +1,28 @@
 """RL train-step throughput (loss + grad + AdamW, one update per step), the ringjax side of docs/benchmarks.md.
 
     python3 benchmarks/train_bench.py [--presets bench-tiny,bench-100m] [--seqs 16] [--seq-len 256]
-        [--rows 4] [--dtype float32|bfloat16] [--runs 3] [--peak-tflops X] [--out FILE]
+        [--rows 4] [--dtype float32|bfloat16] [--runs 3] [--peak-tflops X] [--tunix-python V/bin/python] [--out FILE]
 
 Each step: `--seqs` random sequences of `--seq-len` tokens (a 32-token prompt, the rest response: all response
 tokens are trained on, phi = seqs * (seq_len - 32)), packed into micro-batches of `--rows` rows, then the jitted
 `make_train_step` (logp_old recomputation, IcePop-corrected C3PO loss, float32 gradient accumulation, AdamW).
 `tokens_per_s` counts every token of every sequence (what the peers report). `mfu` = 6 * active parameters *
 tokens / step time / peak FLOP/s, with the forward of logp_old added (8 * active * tokens in all); printed when
-`--peak-tflops` is given or the device is a known GPU.
+`--peak-tflops` is given or the device is a known GPU. `peak_rss_gb`: this process's peak resident memory so far
+(presets run in the order given, smallest first by default, so each figure is that preset's peak).
+
+With `--tunix-python` (the python of a virtualenv with google-tunix 0.1.7 and jax[cpu]) Tunix's GRPO update on its
+Qwen3-MoE at the same size and batch (`benchmarks/peers/tunix_parts.py --part update`: loss + grad + AdamW, no
+old-log-prob pass) is measured in the same run, in its own process, with its peak memory; `over_tunix` is ringjax's
+tokens/s over Tunix's, against the bar of docs/benchmarks.md (3x). A peer that cannot run is reported as
+{"missing": why} and gets no ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -28,10 +36,12 @@ from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.state import init_train_state
 from ringjax.trainer.step import make_train_step, rl_loss_fn
+from _peer import ratio, run_peer
 from _summary import emit_summary
 
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}  # dense bf16
 PROMPT = 32
+TARGET = 3.0  # ringjax tokens/s over Tunix's
 
 
 def make_batch(vocab: int, seqs: int, seq_len: int, rows: int, loss: LossConfig, seed: int) -> dict:
@@ -74,11 +84,19 @@ def bench(name: str, args) -> dict:
     row = {"preset": name, "params_active": active, "seqs": args.seqs, "seq_len": args.seq_len, "rows": args.rows,
            "micro_batches": batch.micro_batches, "step_s": round(t, 4), "tokens_per_s": round(tokens / t, 1),
            "runs_s": [round(x, 4) for x in times], "compile_s": round(first - t, 2),
-           "skipped": int(state.skipped)}
+           "skipped": int(state.skipped),
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
     peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
     if peak:
         row["mfu"] = round(8 * active * tokens / t / (peak * 1e12), 4)
     return row
+
+
+def bench_tunix(name: str, args) -> dict:
+    lines = run_peer(args.tunix_python, "tunix_parts.py",
+                     ["--part", "update", "--size", name, "--seqs", str(args.seqs), "--seq-len", str(args.seq_len),
+                      "--runs", str(args.runs)], args.peer_timeout)
+    return lines if isinstance(lines, dict) else lines[-1]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--tunix-python", default=None, help="the python of a virtualenv with google-tunix 0.1.7")
+    ap.add_argument("--peer-timeout", type=float, default=3600.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     env = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
@@ -97,9 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({"env": env}), flush=True)
     results = []
     for name in args.presets.split(","):
-        results.append(bench(name, args))
-        print(json.dumps(results[-1]), flush=True)
-    summary = {"env": env, "results": results,
+        row = bench(name, args)
+        if args.tunix_python:
+            if args.dtype != "float32":
+                row["tunix"] = {"missing": "the Tunix side is measured in float32 only"}
+            else:
+                row["tunix"] = bench_tunix(name, args)
+            row["over_tunix"] = ratio(row["tokens_per_s"], row["tunix"], "tokens_per_s")
+            if row["over_tunix"] is not None:
+                row["target_met"] = row["over_tunix"] >= TARGET
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {"env": env, "results": results, "target_over_tunix": TARGET,
                "tokens_per_s": {r["preset"]: r["tokens_per_s"] for r in results}}
     return emit_summary(summary, args.out)
 

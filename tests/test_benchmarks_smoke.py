@@ -150,3 +150,42 @@ def test_rl_step_bench_times_whole_steps(tmp_path):
     assert row["steps"] == 3 and row["step_compiles"] == 1 and "tunix" not in summary["sizes"]["bench-tiny"]
     assert 0 < row["rollout_s"] < row["step_s"] < row["steps_s"][0]  # the first step compiles
     assert bench.even_share(None, "2 3 4 7") == 0.5
+
+
+def test_missing_peer_is_reported_and_gets_no_ratio(tmp_path):
+    """A peer interpreter that does not exist: ringjax is still measured, the peer is reported missing, and no ratio
+    or pass / fail is printed against a figure this run did not measure."""
+    bench = _load("train_bench")
+    summary = bench.main(["--presets", "bench-tiny", "--seqs", "2", "--seq-len", "48", "--rows", "2", "--runs", "1",
+                          "--tunix-python", str(tmp_path / "no-venv" / "python")])
+    row = summary["results"][0]
+    assert row["tokens_per_s"] > 0 and row["peak_rss_gb"] > 0
+    assert "does not exist" in row["tunix"]["missing"] and str(tmp_path) in row["tunix"]["missing"]
+    assert row["over_tunix"] is None and "target_met" not in row
+
+
+def test_failing_peer_is_reported_with_its_error():
+    """A peer script that fails to run (here: an interpreter without Tunix) comes back as missing, with its error."""
+    peer = _load("_peer")
+    got = peer.run_peer(sys.executable, "tunix_parts.py", ["--part", "update", "--size", "bench-tiny"], 300)
+    assert set(got) == {"missing"} and "exit 1" in got["missing"] and "tunix" in got["missing"]
+    assert peer.ratio(10.0, got, "tokens_per_s") is None
+    assert peer.ratio(10.0, {"tokens_per_s": 4.0}, "tokens_per_s") == 2.5
+
+
+def test_engine_bench_targets_only_peers_measured_in_the_run():
+    """The decode bar is 2x the best peer measured in the same run; a missing peer is never the best one, and a
+    column without a measured peer gets no target."""
+    bench = _load("engine_bench")
+    jax_rows = [{"decode_chunk": 8, "gen_tok_per_s": 900.0}, {"decode_chunk": 32, "gen_tok_per_s": 1000.0}]
+    results = [{"column": "tiny/b8", "jax_engine": jax_rows, "tunix": {"missing": "no venv"},
+                "sglang": {"gen_tok_per_s": 400.0}},
+               {"column": "tiny/b32", "jax_engine": jax_rows, "tunix": {"gen_tok_per_s": 600.0},
+                "sglang": {"gen_tok_per_s": 450.0}},
+               {"column": "100m/b8", "jax_engine": jax_rows}]
+    got = bench.targets(results)
+    assert set(got) == {"tiny/b8", "tiny/b32"}
+    assert got["tiny/b8"]["best_peer"] == "sglang" and got["tiny/b8"]["passed"] is True
+    assert got["tiny/b8"]["decode_chunk"] == 32 and got["tiny/b8"]["jax_over_sglang"] == 2.5
+    assert got["tiny/b32"]["best_peer"] == "tunix" and got["tiny/b32"]["passed"] is False
+    assert got["tiny/b32"]["ratio_to_best_peer"] == 1.67
