@@ -39,7 +39,7 @@ from ringjax.typing import Array, Float
 
 Dtype = Literal["same", "float32", "bfloat16"]
 Quant = Literal["none", "fp8"]
-MoeKernel = Literal["same", "gather", "dense", "ragged_dot"]
+MoeKernel = Literal["same", "segment", "gather", "dense", "ragged_dot"]
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value: a tile's amax maps onto it
 STACK_AXES = ("layers", "expert")  # leading axes that stack independent matrices (per layer, per expert)
@@ -54,7 +54,8 @@ class EngineNumerics:
     dtype: Dtype = "same"  # engine weights and activations: same (the trainer's compute dtypes), float32, bfloat16
     quant: Quant = "none"  # weight quantisation: none, or fp8 (simulated e4m3 with one scale per fp8_block tile)
     fp8_block: int = 128  # side of the square tiles that share one fp8 scale (DeepSeek-V3 style: 128)
-    moe: MoeKernel = "same"  # the engine's grouped-expert kernel: same (the trainer's), gather, dense, ragged_dot
+    moe: MoeKernel = "same"  # the engine's grouped-expert kernel: same (the trainer's), segment, gather, dense,
+    # ragged_dot
     weight_noise: float = 0.0  # every engine weight w -> w (1 + weight_noise N(0, 1)), redrawn per policy version
     seed: int = 0  # seed of the weight noise (mixed with the policy version)
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ringjax
-from ringjax.model.grouped_matmul import gather_matmul, grouped_matmul, tile_size
+from ringjax.model.grouped_matmul import (SEGMENT_MIN_ROWS, gather_matmul, grouped_matmul, resolve_impl, segment_matmul,
+                                          segment_tile, tile_size)
 from ringjax.model.moe import dense_experts, routed_experts
 from ringjax.model.routing import route
 
@@ -37,14 +38,48 @@ def _loop_matmul(x, w, sizes):
     ([300, 12, 0, 200], 600),  # tile 32, tail of 88 rows
     ([0, 0, 256, 0], 256),  # one group takes everything
 ])
-def test_gather_matmul_vs_loop(sizes, rows):
+@pytest.mark.parametrize("kernel", [gather_matmul, segment_matmul])
+def test_cpu_grouped_matmul_vs_loop(kernel, sizes, rows):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 8)).astype(np.float32)
     w = rng.normal(size=(len(sizes), 8, 6)).astype(np.float32)
-    got = np.asarray(gather_matmul(jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32)))
+    got = np.asarray(kernel(jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32)))
     want = _loop_matmul(x, w, sizes)
     np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)
     assert np.all(got[sum(sizes):] == 0)
+
+
+@pytest.mark.parametrize("sizes, rows", [([3, 0, 5, 1], 14), ([40, 0, 0, 100, 7, 1, 0, 60], 208),
+                                         ([300, 12, 0, 200], 600)])
+def test_segment_matmul_gradients_vs_loop(sizes, rows):
+    """The segment kernel's custom backward pass against the float64 loop's exact gradients: dx = dy w_g^T on each
+    group's rows (tail rows get none), dw_g = x_g^T dy_g (empty groups get none)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(rows, 8)).astype(np.float32)
+    w = rng.normal(size=(len(sizes), 8, 6)).astype(np.float32)
+    dy = rng.normal(size=(rows, 6)).astype(np.float32)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(segment_matmul(x, w, jnp.asarray(sizes)) * dy), argnums=(0, 1))(
+        jnp.asarray(x), jnp.asarray(w))
+    want_dx, want_dw = np.zeros((rows, 8)), np.zeros((len(sizes), 8, 6))
+    start = 0
+    for g, n in enumerate(sizes):
+        rows_g = slice(start, start + n)
+        want_dx[rows_g] = dy[rows_g].astype(np.float64) @ w[g].T.astype(np.float64)
+        want_dw[g] = x[rows_g].T.astype(np.float64) @ dy[rows_g].astype(np.float64)
+        start += n
+    np.testing.assert_allclose(np.asarray(dx), want_dx, atol=1e-4, rtol=TOL)
+    np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4, rtol=TOL)
+    assert np.all(np.asarray(dx)[sum(sizes):] == 0) and np.all(np.asarray(dw)[[i for i, n in enumerate(sizes)
+                                                                               if n == 0]] == 0)
+
+
+def test_cpu_kernel_choice():
+    """`auto` on CPU: the looped segment kernel once experts average SEGMENT_MIN_ROWS rows, the fused gather kernel
+    below (decode); segment tiles grow with the rows; an explicit choice is kept."""
+    assert resolve_impl("auto", SEGMENT_MIN_ROWS * 16, 16) == "segment"
+    assert resolve_impl("auto", SEGMENT_MIN_ROWS * 16 - 1, 16) == "gather"
+    assert resolve_impl("segment", 16, 16) == "segment" and resolve_impl("dense", 10**6, 16) == "dense"
+    assert segment_tile(16, 16) == 8 and segment_tile(2048, 16) == 64 and segment_tile(10**6, 16) == 128
 
 
 def test_tile_sizes_covered():
@@ -54,12 +89,13 @@ def test_tile_sizes_covered():
     assert tile_size(16, 16) == 1 and tile_size(64, 16) == 8  # batch 8 / 32, top-2 of 16 experts
 
 
-_jit_gather = jax.jit(gather_matmul)
+_jit_kernels = {"gather": jax.jit(gather_matmul), "segment": jax.jit(segment_matmul)}
 
 
+@pytest.mark.parametrize("kernel", sorted(_jit_kernels))
 @given(data=st.data())
 @settings(max_examples=40, deadline=None)
-def test_gather_matmul_property(data):
+def test_cpu_grouped_matmul_property(kernel, data):
     # few distinct shapes (rows in {3, 8, 64}, 1-5 groups: tiles 1, 2, 4, 8, 16, 32) so compiles stay cached;
     # the group sizes, which the kernel sees as data, are arbitrary with sum <= rows
     rows = data.draw(st.sampled_from([3, 8, 64]), label="rows")
@@ -70,7 +106,7 @@ def test_gather_matmul_property(data):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 4)).astype(np.float32)
     w = rng.normal(size=(g, 4, 3)).astype(np.float32)
-    got = np.asarray(_jit_gather(jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32)))
+    got = np.asarray(_jit_kernels[kernel](jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32)))
     np.testing.assert_allclose(got, _loop_matmul(x, w, sizes), atol=TOL, rtol=TOL)
 
 
@@ -122,7 +158,7 @@ def test_dense_reference_vs_numpy(t, e, k, used):
     np.testing.assert_allclose(np.asarray(dense_experts(*args)), _numpy_experts(*args), atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("impl", ["gather", "ragged_dot"])
+@pytest.mark.parametrize("impl", ["gather", "segment", "ragged_dot"])
 @pytest.mark.parametrize("t, e, k, used", CASES)
 def test_routed_experts_vs_dense(impl, t, e, k, used):
     args = _moe_inputs(t, e, k, used=used)
@@ -130,19 +166,21 @@ def test_routed_experts_vs_dense(impl, t, e, k, used):
     np.testing.assert_allclose(np.asarray(got), np.asarray(dense_experts(*args)), atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("impl", ["gather", "segment"])
 @pytest.mark.parametrize("first", [0, 4])
-def test_routed_experts_local_slice(first):
+def test_routed_experts_local_slice(first, impl):
     """Expert-parallel shard: only experts [first, first + 4) are computed, the others contribute nothing."""
     x, w, ex, wg, wu, wd = _moe_inputs(64, 8, 2)
-    got = routed_experts(x, w, ex, wg[first:first + 4], wu[first:first + 4], wd[first:first + 4], "gather", first)
+    got = routed_experts(x, w, ex, wg[first:first + 4], wu[first:first + 4], wd[first:first + 4], impl, first)
     local_w = jnp.where((ex >= first) & (ex < first + 4), w, 0.0)
     want = dense_experts(x, local_w, ex, wg, wu, wd)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=TOL, rtol=TOL)
     assert float(jnp.abs(want).max()) > 0.1
 
 
+@pytest.mark.parametrize("impl", ["gather", "segment"])
 @pytest.mark.parametrize("t", [6, 96])
-def test_gather_gradients_vs_dense(t):
+def test_cpu_kernel_gradients_vs_dense(t, impl):
     x, w, ex, wg, wu, wd = _moe_inputs(t, 8, 2, used=[0, 1, 2, 6])
     cot = jax.random.normal(jax.random.key(3), x.shape)
 
@@ -150,7 +188,7 @@ def test_gather_gradients_vs_dense(t):
         return lambda *a: jnp.sum(fn(*a[:1], a[1], ex, *a[2:]) * cot)
 
     argnums = (0, 1, 2, 3, 4)
-    g_gather = jax.jit(jax.grad(loss(lambda x, w, e, *p: routed_experts(x, w, e, *p, impl="gather")), argnums))(
+    g_gather = jax.jit(jax.grad(loss(lambda x, w, e, *p: routed_experts(x, w, e, *p, impl=impl)), argnums))(
         x, w, wg, wu, wd)
     g_dense = jax.jit(jax.grad(loss(dense_experts), argnums))(x, w, wg, wu, wd)
     for a, b in zip(g_gather, g_dense):

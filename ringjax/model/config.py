@@ -21,7 +21,7 @@ ARCHITECTURES = (V1, V2)
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 AttentionImpl = Literal["xla", "cudnn", "reference"]
-MoeImpl = Literal["auto", "ragged_dot", "gather", "dense"]
+MoeImpl = Literal["auto", "ragged_dot", "segment", "gather", "dense"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +48,14 @@ class RopeScaling:
 @dataclasses.dataclass(frozen=True)
 class ComputeConfig:
     """How the model runs; never part of a checkpoint. Norms, router, softmax and log-probs always run in float32.
-    `moe: auto` is `ragged_dot` on GPU / TPU and `gather` on CPU, where XLA lowers ragged_dot to a dense
+    `moe: auto` is `ragged_dot` on GPU / TPU and `segment` on CPU, where XLA lowers ragged_dot to a dense
     all-experts product; `dense` runs every expert on every token and exists only as a test reference."""
 
     dtype: str = "float32"  # activation / matmul dtype: float32, bfloat16 or float16
     param_dtype: str = "float32"  # storage dtype of the weights
     remat: RematPolicy = "none"  # what one scanned decoder layer recomputes in the backward pass instead of storing
     attention: AttentionImpl = "xla"  # xla (jax.nn.dot_product_attention), cudnn (fused GPU kernel), reference
-    moe: MoeImpl = "auto"  # grouped expert matmul: auto, ragged_dot, gather (tiled weight gather), dense
+    moe: MoeImpl = "auto"  # grouped expert matmul: auto, ragged_dot, segment, gather, dense
     logprob_chunk: int = 1024  # tokens per chunk of the log-prob pass (bounds the float32 logits buffer)
 
     def __post_init__(self):

@@ -106,7 +106,7 @@ def moe_block(p: dict[str, Any], x: Float[Array, "B S H"], cfg: LingConfig,
     b, s, h = x.shape
     flat_replay = None if replay is None else replay.reshape(b * s, -1)
     routing = route(x.reshape(b * s, h), p["router"], p.get("expert_bias"), cfg, flat_replay)
-    impl = resolve_impl(cfg.compute.moe)
+    impl = resolve_impl(cfg.compute.moe, b * s * cfg.num_experts_per_tok, cfg.num_experts)
     if impl == "dense":
         out = dense_experts(x.reshape(b * s, h), routing.weights, routing.experts, p["wg"], p["wu"], p["wd"])
         out = out.reshape(b, s, h)
