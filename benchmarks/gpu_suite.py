@@ -5,12 +5,12 @@
 Needs only jax, flax, optax and numpy / pyyaml / jaxtyping (ringjax's model and trainer import nothing else), so it
 runs on an accelerator image without the rollout stack's services. `--size toy` runs the same code on the test
 preset in seconds (the test suite runs it on CPU). Four parts, each one JSON line, then {"summary": ...}:
-- `train`: the RL train step (`make_train_step`: logp_old recomputation, IcePop-corrected C3PO loss, float32
+- `train`: the RL train step (`make_train_step`: logp_old from the gradient pass, IcePop-corrected C3PO loss, float32
   gradient accumulation, AdamW) on a Ling-mini-2.0-shaped MoE (hidden 2048, 256 experts top-8 + 1 shared,
   vocabulary 157184) cut to `--layers` decoder layers, bfloat16 compute, float32 weights; `--seqs` x `--seq-len`
   tokens per step in micro-batches of `--rows` rows. Step time is the median of `--runs` after a compiling step;
-  `mfu` = 8 x active matmul parameters x tokens / step time / the device's dense bf16 peak (6 for forward +
-  backward, 2 for the logp_old forward; active parameters without the embedding table, which is a lookup;
+  `mfu` = 6 x active matmul parameters x tokens / step time / the device's dense bf16 peak (forward +
+  backward; active parameters without the embedding table, which is a lookup;
   attention score FLOPs are not counted, so this under-states the work), `peak_mib` the device's peak memory where
   it reports one.
 - `profile`: one more step under `jax.profiler` (a Perfetto trace), device time aggregated by op name: the top
@@ -71,7 +71,7 @@ def bench_train(cfg, args) -> tuple[dict, object, object]:
     t = statistics.median(times)
     tokens = args.seqs * args.seq_len
     counts = count_params(cfg)
-    flops = 8 * (counts.active - cfg.vocab_size * cfg.hidden_size) * tokens  # the embedding is a lookup
+    flops = 6 * (counts.active - cfg.vocab_size * cfg.hidden_size) * tokens  # the embedding is a lookup
     peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
     row = {"part": "train", "layers": cfg.num_hidden_layers, "params_total": counts.total,
            "params_active": counts.active, "tokens_per_step": tokens, "micro_batches": batch.micro_batches,
@@ -143,22 +143,24 @@ def bench_decode(model, args) -> dict:
             "decode_chunk": args.decode_chunk, "runs": rows}
 
 
+def logprob_temp_bytes(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int) -> int:
+    """Compiled temp bytes of d/d(hidden, head) sum(log p) over [rows, seq] tokens, `chunk` tokens per chunk (`seq`:
+    one chunk, the whole [rows, seq, vocab] logits). Compiled only: nothing of that size is allocated."""
+    shapes = (jax.ShapeDtypeStruct((rows, seq, hidden), jnp.dtype(dtype)),
+              jax.ShapeDtypeStruct((vocab, hidden), jnp.float32), jax.ShapeDtypeStruct((rows, seq), jnp.int32))
+
+    def loss(h, head, targets):
+        return jnp.sum(token_logprobs(h, head, targets, chunk)[0])
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
 def logprob_memory(cfg, args) -> dict:
     """Compiled temp bytes of d/d(hidden, head) sum(log p) over [rows, seq] tokens at the full vocabulary."""
     b, s, h, v = args.lp_rows, args.lp_seq, cfg.hidden_size, cfg.vocab_size
-    dtype = jnp.dtype(args.dtype)
-    shapes = (jax.ShapeDtypeStruct((b, s, h), dtype), jax.ShapeDtypeStruct((v, h), jnp.float32),
-              jax.ShapeDtypeStruct((b, s), jnp.int32))
-
-    def temp_bytes(chunk: int) -> int:
-        def loss(hidden, head, targets):
-            return jnp.sum(token_logprobs(hidden, head, targets, chunk)[0])
-
-        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
-        return int(compiled.memory_analysis().temp_size_in_bytes)
-
     chunk = args.lp_chunk
-    chunked, whole = temp_bytes(chunk), temp_bytes(s)
+    chunked, whole = (logprob_temp_bytes(b, s, h, v, args.dtype, c) for c in (chunk, s))
     return {"part": "logprob_memory", "rows": b, "seq_len": s, "vocab": v, "chunk": chunk,
             "chunked_temp_mib": _mib(chunked), "unchunked_temp_mib": _mib(whole),
             "logits_f32_mib": _mib(4 * b * s * v), "saving": round(whole / max(chunked, 1), 1)}

@@ -5,9 +5,9 @@
 
 Each step: `--seqs` random sequences of `--seq-len` tokens (a 32-token prompt, the rest response: all response
 tokens are trained on, phi = seqs * (seq_len - 32)), packed into micro-batches of `--rows` rows, then the jitted
-`make_train_step` (logp_old recomputation, IcePop-corrected C3PO loss, float32 gradient accumulation, AdamW).
+`make_train_step` (logp_old from the gradient pass, IcePop-corrected C3PO loss, float32 gradient accumulation, AdamW).
 `tokens_per_s` counts every token of every sequence (what the peers report). `mfu` = 6 * active parameters *
-tokens / step time / peak FLOP/s, with the forward of logp_old added (8 * active * tokens in all); printed when
+tokens / step time / peak FLOP/s (forward + backward; no separate logp_old forward); printed when
 `--peak-tflops` is given or the device is a known GPU. `peak_rss_gb`: this process's peak resident memory so far
 (presets run in the order given, smallest first by default, so each figure is that preset's peak).
 
@@ -88,7 +88,7 @@ def bench(name: str, args) -> dict:
            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
     peak = args.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
     if peak:
-        row["mfu"] = round(8 * active * tokens / t / (peak * 1e12), 4)
+        row["mfu"] = round(6 * active * tokens / t / (peak * 1e12), 4)
     return row
 
 

@@ -140,6 +140,31 @@ def test_gpu_suite_runs_every_part_at_toy_size(tmp_path):
     assert memory["chunked_temp_mib"] < memory["unchunked_temp_mib"]  # chunking bounds the logits buffer
 
 
+def test_cost_curves_measure_every_curve_at_toy_size(tmp_path):
+    """The cost curves' code path: every curve at 2 points, the experts curve at equal active parameters, chunked
+    log-prob memory under the unchunked at the largest vocabulary, and the three figures drawn."""
+    bench = _load("cost_curves")
+    out = tmp_path / "cost.json"
+    summary = bench.main(["--size", "toy", "--figures", str(tmp_path), "--out", str(out)])
+    curves = json.loads(out.read_text())["curves"]
+    assert curves.keys() == summary["curves"].keys() == {
+        "decode_batch", "decode_context", "update_seq_len", "update_experts", "logprob_memory"}
+    assert all(len(points) == 2 for points in curves.values())
+    assert [p["batch"] for p in curves["decode_batch"]] == [1, 2] and all(
+        p["gen_tok_per_s"] > 0 for p in curves["decode_batch"] + curves["decode_context"])
+    assert [p["context"] for p in curves["decode_context"]] == [16, 32]
+    assert all(p["step_s"] > 0 and p["skipped"] == 0 for p in curves["update_seq_len"] + curves["update_experts"])
+    assert [p["seq_len"] for p in curves["update_seq_len"]] == [64, 128]
+    experts = curves["update_experts"]
+    assert [p["experts"] for p in experts] == [4, 16] and len({p["params_active"] for p in experts}) == 1
+    assert experts[0]["params_total"] < experts[1]["params_total"]  # more experts, same active parameters
+    largest = max(curves["logprob_memory"], key=lambda p: p["vocab"])
+    assert 0 < largest["chunked_temp_mib"] < largest["unchunked_temp_mib"]
+    assert summary["env"]["load_avg_start"] and summary["env"]["load_avg_end"]
+    for name in ("cost_decode.png", "cost_update.png", "cost_logprob_memory.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
 def test_rl_step_bench_times_whole_steps(tmp_path):
     """ringjax's side of the whole-step comparison (Tunix lives in its own virtualenv, outside the test run): every
     step trains all tokens of its groups, the warm-up step is left out of the median, one train-step compile."""

@@ -4,6 +4,7 @@ unsharded, frozen router bias and MTP, skip on non-finite values, zero advantage
 The equivalence tests compare what one step computes before an optimiser amplifies rounding (tests/numerics.py):
 its loss, gradient norm and update under SGD with learning rate 1 (minus the gradient), within float32 bounds."""
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -55,13 +56,13 @@ def _batch(responses, rows, loss=LOSS, packed=True):
     return stack_micro_batches(pack_micro_batches(step, rows, SEQ, packed=packed), loss.aggregation, step.phi)
 
 
-def _run(batch, mesh=None, loss=LOSS, optim=OPTIM, steps=1, cfg=None, tx=None) -> Run:
+def _run(batch, mesh=None, loss=LOSS, optim=OPTIM, steps=1, cfg=None, tx=None, logp_old="inline") -> Run:
     cfg = cfg or CFG
     tx = make_optimizer(optim) if tx is None else tx
     model = ringjax.create_model(cfg, mesh, seed=0)
     graphdef, state = init_train_state(model, tx, 0, mesh)
     abstract = abstract_train_state(cfg, tx, mesh)[1] if mesh is not None else None
-    fn = make_train_step(graphdef, tx, rl_loss_fn(loss), state_shardings=abstract)
+    fn = make_train_step(graphdef, tx, rl_loss_fn(loss), state_shardings=abstract, logp_old=logp_old)
     all_sums, params = [], [flat(state.params)]
     for _ in range(steps):
         if mesh is not None:
@@ -150,13 +151,33 @@ def test_sharded_step_equals_unsharded(reference):
 def test_first_step_metrics_and_state(reference):
     (state, sums, params), _ = reference
     m = sums[0]
-    # one update per step: logp_old is recomputed under the same weights, so every ratio is 1, up to the two
-    # computations of each log-prob (a separate forward, and the one inside the gradient) differing by at most
-    # one log-prob tolerance (~6.7e-4; a stale logp_old would be off by the step's update, logp_infer by ~0.3)
+    # one update per step: logp_old is the pre-update policy's, the gradient pass's own log-probs, so every ratio
+    # is 1 (within one log-prob tolerance, ~6.7e-4, with a separate pass; a stale logp_old would be off by the
+    # step's update, logp_infer by ~0.3)
     assert m["ratio_mean"] == pytest.approx(1.0, abs=params_logprob_tol(CFG, SEQ, params[0])) and m["clip_frac"] == 0.0
     assert m["update_skipped"] == 0.0 and int(state.step) == 2 and int(state.skipped) == 0
     assert 0 < m["logp_diff_mean"] <= m["logp_diff_max"]
     assert 0 <= m["icepop_masked_frac"] < 1 and m["entropy_mean"] > 0
+
+
+def test_inline_logp_old_equals_a_separate_pass():
+    """logp_old from the gradient pass itself (the default: one forward less) against a separate forward under the
+    same pre-update weights: the same updates, losses and old-policy diagnostics, to float32 rounding."""
+    responses = [dataclasses.replace(r, versions=np.zeros(len(r), np.int32)) for r in _responses()]
+    batch = _batch(responses, rows=4)
+    inline, separate = (_run(batch, steps=2, tx=SGD, logp_old=mode) for mode in ("inline", "pass"))
+    for a, b in zip(inline.params, separate.params, strict=True):
+        assert _max_diff(a, b) < 1e-5
+    for a, b in zip(inline.sums, separate.sums, strict=True):
+        assert a.keys() == b.keys() and a["tokens_gap0"] + a.get("tokens_gap1", 0) == a["tokens"] > 0
+        gaps = [k for k in a if k.startswith("logp_diff_gap")]
+        assert gaps  # the old-policy diagnostics are taken in both modes
+        for key in ("loss", "pg_loss", "logp_diff_mean", "icepop_masked_frac", *gaps):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        assert a["ratio_mean"] == 1.0  # the gradient pass is its own old policy: every ratio exactly 1
+    with pytest.raises(ValueError, match="logp_old='twice'"):
+        make_train_step(*init_train_state(ringjax.create_model(CFG, seed=0), SGD, 0)[:1], SGD, rl_loss_fn(LOSS),
+                        logp_old="twice")
 
 
 def test_logp_old_is_the_chunked_forward():

@@ -1,7 +1,7 @@
 """Mismatch diagnostics of a train step (pure, on device): routing disagreement and log-prob gap by policy lag.
 
 Routing: the engine's record (`rollout.routes`, replayed into the batch as `routes` [R S L X], -1 where unknown)
-against the trainer's own top-k (`LayerAux.chosen` of the logp_old pass, under the same pre-update weights) at
+against the trainer's own top-k (`LayerAux.chosen` of the pass that gives logp_old, under the pre-update weights) at
 every position that produces a trained token. Per MoE layer: how many tokens choose a different expert SET, and
 the mean set overlap |engine ∩ trainer| / k. Under router replay the trainer still reports its own choice, so the
 metric measures what replay corrects.

@@ -164,7 +164,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     chunk = -(-cfg.prompts_per_batch * cfg.samples_per_prompt // cfg.rows) if cfg.budget == "groups" else None
     step_fn = make_train_step(graphdef, tx, rl_loss_fn(cfg.loss, cfg.temperature, replay), temperature=cfg.temperature,
                               state_shardings=abstract if mesh is not None else None, router_replay=replay,
-                              chunk=chunk)
+                              chunk=chunk, logp_old="pass" if cfg.rollout.zero_mismatch else "inline")
     # the reference policy of the KL term: the starting model, whose arrays the train state does not share
     _, ref_params, ref_frozen = split_model(model)
     score = make_score_fn(graphdef, cfg.temperature, replay) if cfg.loss.kl_coef > 0 else None

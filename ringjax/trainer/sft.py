@@ -272,7 +272,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)
     step_fn = make_train_step(graphdef, tx, sft_loss_fn(), state_shardings=abstract if mesh is not None else None,
-                              recompute_logp_old=False, chunk=-(-cfg.batch_size // cfg.rows))  # one call a step
+                              logp_old="none", chunk=-(-cfg.batch_size // cfg.rows))  # one call a step
     eval_fn = make_eval_fn(graphdef)
     eval_batch = {k: v for k, v in pack_examples(evals, cfg.rows, cfg.seq_len, cfg.pad_id).items()
                   if k in ("tokens", "positions", "segment_ids", "loss_mask")}

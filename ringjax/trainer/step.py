@@ -4,9 +4,12 @@
 
 Each micro-batch holds [R, S] tokens / positions / segment ids and [R, S-1] loss mask, logp_infer, advantages,
 token weights, policy versions (and [R, S, L, X] engine expert ids `routes` when the engine recorded them). For
-every micro-batch the step recomputes `logp_old` with the chunked log-prob path under the pre-update weights
-(measuring routing disagreement and the log-prob gap by policy lag there, `ringjax.trainer.diagnostics`) and adds
-its float32 gradient; then it applies ONE optimiser update. The micro-batch count of a step varies with packing;
+every micro-batch the step takes `logp_old`, the pre-update policy's log-probs (measuring routing disagreement and
+the log-prob gap by policy lag there, `ringjax.trainer.diagnostics`), and adds its float32 gradient; then it
+applies ONE optimiser update. Since the weights do not change within a step, `logp_old` is by default the
+stop-gradient of the gradient pass's own log-probs (`logp_old="inline"`, one forward pass less: a quarter of the
+step's FLOPs); `"pass"` recomputes it in a separate forward with the scoring code the zero-mismatch engine shares,
+bit for bit (`rollout.zero_mismatch`). The micro-batch count of a step varies with packing;
 no compiled shape depends on it (`TrainStep`). With router replay both passes route every token through the
 engine's recorded experts. A non-finite loss or gradient norm keeps params and optimiser state exactly as they
 were (the step and skip counters still advance), so a bad batch cannot corrupt a run.
@@ -58,11 +61,27 @@ def sequence_logprobs(model: Ling, mb: Batch, temperature: float = 1.0, replay: 
     return _forward(model, mb, temperature, replay)[:3]
 
 
-def rl_loss_fn(cfg: LossConfig, temperature: float = 1.0, router_replay: bool = False) -> LossFn:
-    """IcePop / GRPO policy loss of one micro-batch, its additive statistics as aux."""
+def old_policy_sums(logp_old: jax.Array, chosen: jax.Array, mb: Batch, step: jax.Array) -> dict[str, jax.Array]:
+    """Diagnostics of the pre-update policy: routing disagreement with the engine, log-prob gap by policy lag."""
+    mask = mb["loss_mask"].astype(bool)
+    sums = {}
+    if "routes" in mb and chosen.shape[0]:
+        sums.update(diagnostics.routing_sums(jax.lax.stop_gradient(chosen), mb["routes"], mask))
+    if "versions" in mb:
+        sums.update(diagnostics.gap_sums(logp_old, mb["logp_infer"], mb["versions"], step, mask))
+    return sums
 
-    def loss_fn(model: Ling, mb: Batch, logp_old: jax.Array, n_micro: int):
-        logp, entropy, aux = sequence_logprobs(model, mb, temperature, router_replay)
+
+def rl_loss_fn(cfg: LossConfig, temperature: float = 1.0, router_replay: bool = False) -> LossFn:
+    """IcePop / GRPO policy loss of one micro-batch, its additive statistics as aux. `logp_old` None: the
+    stop-gradient of this pass's log-probs, with the old-policy diagnostics (the step is in `mb["step"]`)."""
+
+    def loss_fn(model: Ling, mb: Batch, logp_old: jax.Array | None, n_micro: int):
+        logp, entropy, aux, chosen = _forward(model, mb, temperature, router_replay)
+        old_sums = {}
+        if logp_old is None:
+            logp_old = jax.lax.stop_gradient(logp)
+            old_sums = old_policy_sums(logp_old, chosen, mb, mb["step"])
         aux = {k: v / n_micro for k, v in aux.items()}  # the step's router terms: mean over micro-batches
         loss, m = policy_loss(logp, logp_old, mb["logp_infer"], mb["advantages"], mb["loss_mask"], cfg,
                               logp_ref=mb.get("logp_ref"), entropy=entropy, aux=aux,
@@ -77,7 +96,7 @@ def rl_loss_fn(cfg: LossConfig, temperature: float = 1.0, router_replay: bool = 
                 "router_load_balance": m["router_load_balance"], "router_z_loss": m["router_z_loss"],
                 "kpop_masked_sum": m["kpop_masked_frac"] * n, "seq_masked_tokens_sum": m["seq_masked_frac"] * n,
                 "seq_masked_seqs": m["seq_masked_seqs"], "num_seqs": m["num_seqs"],
-                "binary_kl_sum": m["binary_kl_mean"] * n, "binary_kl_max": m["binary_kl_max"]}
+                "binary_kl_sum": m["binary_kl_mean"] * n, "binary_kl_max": m["binary_kl_max"], **old_sums}
         if "kl_ref" in m:
             sums["kl_ref"] = m["kl_ref"]  # already aggregated with the step's token weights: additive
         return loss, sums
@@ -125,6 +144,9 @@ class StepInput(NamedTuple):
     micro_batches: int  # real micro-batches (the empty ones are skipped, never computed)
 
 
+LOGP_OLD = ("inline", "pass", "none")  # where the step's logp_old comes from (module docstring)
+
+
 class TrainStep:
     """`(state, inputs) -> (new_state, sums)`: ONE optimiser update from any number of micro-batches.
 
@@ -136,17 +158,19 @@ class TrainStep:
     function once however its packing varies (`compiles` counts the traces). `chunk` (default: the first step's
     micro-batch count) trades calls for padding: on CPU a scan over 4 micro-batches in one call is a fifth faster
     than one call each (bench-tiny, `benchmarks/train_bench.py`). The weights do not change between the calls of
-    a step, so every micro-batch's logp_old is that of the pre-update policy."""
+    a step, so every micro-batch's logp_old is that of the pre-update policy (`logp_old`: module docstring)."""
 
     def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
-                 temperature: float, state_shardings: TrainState | None, recompute_logp_old: bool,
+                 temperature: float, state_shardings: TrainState | None, logp_old: str,
                  router_replay: bool, chunk: int | None = None):
         if chunk is not None and chunk < 1:
             raise ValueError(f"train step chunk={chunk} must be >= 1")
+        if logp_old not in LOGP_OLD:
+            raise ValueError(f"train step logp_old={logp_old!r}; expected one of {LOGP_OLD}")
         self.chunk = chunk
         self.compiles = collections.Counter()
         self._graphdef, self._tx, self._loss_fn = graphdef, tx, loss_fn
-        self._temperature, self._recompute, self._replay = temperature, recompute_logp_old, router_replay
+        self._temperature, self._logp_old, self._replay = temperature, logp_old, router_replay
         shardings = None if state_shardings is None else jax.tree.map(lambda a: a.sharding, state_shardings)
         grad_shardings = None if shardings is None else shardings.params
         self.accumulate = jax.jit(self._accumulate, donate_argnums=(3, 4),
@@ -176,14 +200,12 @@ class TrainStep:
     def _micro(self, params, frozen, step, mb, n_micro):
         """(grads, sums) of one micro-batch; logp_old (and its diagnostics) under `params`, without gradient."""
         sums = {}
-        if self._recompute:
+        if self._logp_old == "pass":
             logp_old, _, _, chosen = _forward(self._model(params, frozen), mb, self._temperature, self._replay)
             logp_old = jax.lax.stop_gradient(logp_old)
-            mask = mb["loss_mask"].astype(bool)
-            if "routes" in mb and chosen.shape[0]:
-                sums.update(diagnostics.routing_sums(jax.lax.stop_gradient(chosen), mb["routes"], mask))
-            if "versions" in mb:
-                sums.update(diagnostics.gap_sums(logp_old, mb["logp_infer"], mb["versions"], step, mask))
+            sums.update(old_policy_sums(logp_old, chosen, mb, step))
+        elif self._logp_old == "inline":
+            logp_old, mb = None, {**mb, "step": step}
         else:
             logp_old = jnp.zeros(mb["loss_mask"].shape, jnp.float32)
         (_, loss_sums), grads = jax.value_and_grad(
@@ -246,17 +268,18 @@ class TrainStep:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, *,
                     temperature: float = 1.0, state_shardings: TrainState | None = None,
-                    recompute_logp_old: bool = True, router_replay: bool = False, chunk: int | None = None
+                    logp_old: str = "inline", router_replay: bool = False, chunk: int | None = None
                     ) -> TrainStep:
     """The train step (`TrainStep`); `state_shardings` (e.g. from `abstract_train_state`) pins the layout; `chunk`
     micro-batches run per compiled call (default: the first step's count).
 
     `loss_fn(model, micro_batch, logp_old, n_micro) -> (loss, additive sums incl. "loss")`, `n_micro` the step's
-    micro-batch count (a traced scalar). Without `recompute_logp_old` (SFT) the extra forward pass is skipped and
-    `logp_old` is zeros. `router_replay` must match the loss function's (`rl_loss_fn(..., router_replay=...)`):
-    logp_old is taken under the same routing."""
+    micro-batch count (a traced scalar). `logp_old`: "inline" (default) passes None, the loss takes its own
+    log-probs' stop-gradient (`rl_loss_fn` does); "pass" a separate forward's; "none" (SFT) zeros.
+    `router_replay` must match the loss function's (`rl_loss_fn(..., router_replay=...)`): logp_old is taken under
+    the same routing."""
     return TrainStep(graphdef, tx, loss_fn, temperature=temperature, state_shardings=state_shardings,
-                     recompute_logp_old=recompute_logp_old, router_replay=router_replay, chunk=chunk)
+                     logp_old=logp_old, router_replay=router_replay, chunk=chunk)
 
 
 def device_batch(batch: Mapping[str, np.ndarray], mesh: Mesh | None = None) -> dict[str, jax.Array]:
