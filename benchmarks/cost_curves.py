@@ -19,7 +19,7 @@ Every curve varies one thing on `bench-tiny` (float32 compute and weights), ever
   parameters (`count_params(cfg).active`, asserted equal): the router's hidden x experts weights count as active, so
   the vocabulary moves by the rows whose embedding + head weights offset the router's change (4120 at 4 experts,
   4000 at 64; 4096 at the preset's 16, which is the 256-token point of the seq-len curve, timed once for both).
-- `logprob_memory`: compiled temp memory of the log-prob pass with its gradient (`gpu_suite.logprob_temp_bytes`:
+- `logprob_memory`: compiled temp memory of the log-prob pass with its gradient (`gpu_suite.logprob_memory_row`:
   `token_logprobs`, what the train step differentiates) on 2 x 4096 tokens at hidden 256, vocabulary 4k..256k,
   chunked (1024 tokens, the default `compute.logprob_chunk`) against one chunk holding the whole sequence.
   Compiled only (`memory_analysis`), so 256k costs no memory.
@@ -43,7 +43,7 @@ import jax
 from ringjax.model import count_params, create_model, preset
 from _summary import emit_summary
 from engine_bench import bench_jax_engine
-from gpu_suite import logprob_temp_bytes
+from gpu_suite import logprob_memory_row
 from train_bench import time_steps
 
 SIZES = {
@@ -97,12 +97,6 @@ def update_point(cfg, seq_len: int, step_tokens: int, micro_tokens: int, runs: i
             "compile_s": round(first - t, 2), "skipped": int(state.skipped)}
 
 
-def memory_point(rows: int, seq: int, hidden: int, vocab: int, chunk: int) -> dict:
-    chunked, whole = (logprob_temp_bytes(rows, seq, hidden, vocab, "float32", c) for c in (chunk, seq))
-    return {"vocab": vocab, "rows": rows, "seq_len": seq, "chunk": chunk, "chunked_temp_mib": round(chunked / 2**20, 3),
-            "unchunked_temp_mib": round(whole / 2**20, 3), "logits_f32_mib": round(4 * rows * seq * vocab / 2**20, 3)}
-
-
 def curves(size: dict, emit) -> None:
     """Measures every curve, handing each point to `emit(curve, row)` as soon as it is measured."""
     s = size
@@ -125,7 +119,8 @@ def curves(size: dict, emit) -> None:
     for e in s["experts"]:
         emit("update_experts", update(fixed_active_config(base, e), s["experts_seq_len"]))
     for v in s["vocabs"]:
-        emit("logprob_memory", memory_point(s["lp_rows"], s["lp_seq"], base.hidden_size, v, s["lp_chunk"]))
+        emit("logprob_memory", logprob_memory_row(s["lp_rows"], s["lp_seq"], base.hidden_size, v, "float32",
+                                                  s["lp_chunk"]))
 
 
 def growth(points: list[dict], x: str, y: str) -> dict:

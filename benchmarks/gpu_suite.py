@@ -156,14 +156,18 @@ def logprob_temp_bytes(rows: int, seq: int, hidden: int, vocab: int, dtype: str,
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
+def logprob_memory_row(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int) -> dict:
+    """Compiled temp memory of the log-prob pass with its gradient, `chunk` tokens per chunk against unchunked."""
+    chunked, whole = (logprob_temp_bytes(rows, seq, hidden, vocab, dtype, c) for c in (chunk, seq))
+    return {"rows": rows, "seq_len": seq, "vocab": vocab, "chunk": chunk, "chunked_temp_mib": _mib(chunked),
+            "unchunked_temp_mib": _mib(whole), "logits_f32_mib": _mib(4 * rows * seq * vocab),
+            "saving": round(whole / max(chunked, 1), 1)}
+
+
 def logprob_memory(cfg, args) -> dict:
-    """Compiled temp bytes of d/d(hidden, head) sum(log p) over [rows, seq] tokens at the full vocabulary."""
-    b, s, h, v = args.lp_rows, args.lp_seq, cfg.hidden_size, cfg.vocab_size
-    chunk = args.lp_chunk
-    chunked, whole = (logprob_temp_bytes(b, s, h, v, args.dtype, c) for c in (chunk, s))
-    return {"part": "logprob_memory", "rows": b, "seq_len": s, "vocab": v, "chunk": chunk,
-            "chunked_temp_mib": _mib(chunked), "unchunked_temp_mib": _mib(whole),
-            "logits_f32_mib": _mib(4 * b * s * v), "saving": round(whole / max(chunked, 1), 1)}
+    """The log-prob memory row at the model's full vocabulary."""
+    return {"part": "logprob_memory", **logprob_memory_row(args.lp_rows, args.lp_seq, cfg.hidden_size,
+                                                           cfg.vocab_size, args.dtype, args.lp_chunk)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,17 +2,18 @@
 
     new_state, sums = train_step(state, train_step.inputs(stack_micro_batches(...), mesh))
 
-Each micro-batch holds [R, S] tokens / positions / segment ids and [R, S-1] loss mask, logp_infer, advantages,
-token weights, policy versions (and [R, S, L, X] engine expert ids `routes` when the engine recorded them). For
-every micro-batch the step takes `logp_old`, the pre-update policy's log-probs (measuring routing disagreement and
-the log-prob gap by policy lag there, `ringjax.trainer.diagnostics`), and adds its float32 gradient; then it
-applies ONE optimiser update. Since the weights do not change within a step, `logp_old` is by default the
-stop-gradient of the gradient pass's own log-probs (`logp_old="inline"`, one forward pass less: a quarter of the
-step's FLOPs); `"pass"` recomputes it in a separate forward with the scoring code the zero-mismatch engine shares,
-bit for bit (`rollout.zero_mismatch`). The micro-batch count of a step varies with packing;
-no compiled shape depends on it (`TrainStep`). With router replay both passes route every token through the
-engine's recorded experts. A non-finite loss or gradient norm keeps params and optimiser state exactly as they
-were (the step and skip counters still advance), so a bad batch cannot corrupt a run.
+Each micro-batch holds [R, S] tokens / positions / segment ids and [R, S-1] loss mask, logp_infer, advantages, token
+weights, policy versions (and [R, S, L, X] engine expert ids `routes` when the engine recorded them). For every
+micro-batch the step takes `logp_old`, the pre-update policy's log-probs (measuring routing disagreement and the
+log-prob gap by policy lag there, `ringjax.trainer.diagnostics`), and adds its float32 gradient; then it applies ONE
+optimiser update. Since the weights do not change within a step, `logp_old` is by default the stop-gradient of the
+gradient pass's own log-probs (`logp_old="inline"`, one forward pass less: a quarter of the step's FLOPs); `"pass"`
+recomputes it in a separate forward with the scoring code the zero-mismatch engine shares, bit for bit
+(`rollout.zero_mismatch`). The micro-batch count of a step varies with packing; no compiled shape depends on it
+(`TrainStep`). With router replay every pass of the step (the gradient pass, and the separate logp_old pass where
+one runs) routes every token through the engine's recorded experts. A non-finite loss or gradient norm keeps params
+and optimiser state exactly as they were (the step and skip counters still advance), so a bad batch cannot corrupt a
+run.
 
 `sums` are additive statistics (keys ending in `_max` are maxima); `finalize_metrics` turns them into the
 logged means on the host.
