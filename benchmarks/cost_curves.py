@@ -1,4 +1,4 @@
-"""How cost grows with the work: decode, train-step and log-prob-memory curves on the `bench-tiny` model, as PNGs.
+"""How cost grows with the work: decode, prefill-memory, train-step and log-prob-memory curves on `bench-tiny`, as PNGs.
 
     PYTHONPATH=. python3 benchmarks/cost_curves.py [--size full|toy] [--figures docs] [--out FILE]
 
@@ -9,9 +9,10 @@ Every curve varies one thing on `bench-tiny` (float32 compute and weights), ever
   slots = batch, max_context = prompt + new tokens, `decode_chunk` 32), timed as `benchmarks/engine_bench.py` does
   (`bench_jax_engine`: median of 2 `run_to_completion` calls after a warm-up, prefill included, every row
   generating every token). Against batch 1..256 at a 64-token prompt + 64 new tokens; against total context
-  128..2048 at batch 8 (prompt = context - 64, 64 new tokens), so long contexts time the prompt's prefill mostly.
-  4096 and 8192 are left out: prefill cost is quadratic in the prompt; at 4096 one call took ~50 s on 2 CPU cores
-  and the process peaked at ~14 GB resident, and 8192 would need about 4x that memory.
+  128..8192 at batch 8 (prompt = context - 64, 64 new tokens), so long contexts time the prompt's prefill mostly
+  (quadratic in the prompt; from 4096 on, one timed call instead of `repeats`, each taking minutes). Each context
+  point also records the compiled temp memory of the engine's prefill (`prefill_temp_mib`), with attention in blocks
+  of `compute.attention_chunk` queries (what runs) and in one block (`whole_row_temp_mib`, compiled only).
 - `update_seq_len` / `update_experts`: the RL train step (`benchmarks/train_bench.py`'s `time_steps`: logp_old from
   the gradient pass, C3PO loss, gradient accumulation, AdamW), median of 3 steps after a compiling one, at a FIXED
   TOKEN COUNT per step (4096) and per micro-batch (2048: rows = 2048 / seq_len). Against sequence length 128..2048,
@@ -21,8 +22,9 @@ Every curve varies one thing on `bench-tiny` (float32 compute and weights), ever
   4000 at 64; 4096 at the preset's 16, which is the 256-token point of the seq-len curve, timed once for both).
 - `logprob_memory`: compiled temp memory of the log-prob pass with its gradient (`gpu_suite.logprob_memory_row`:
   `token_logprobs`, what the train step differentiates) on 2 x 4096 tokens at hidden 256, vocabulary 4k..256k,
-  chunked (1024 tokens, the default `compute.logprob_chunk`) against one chunk holding the whole sequence.
-  Compiled only (`memory_analysis`), so 256k costs no memory.
+  in chunks of 1024 tokens with vocabulary blocks of 32768 (the defaults `compute.logprob_chunk`,
+  `compute.logprob_vocab_chunk`), in token chunks only (the whole vocabulary per chunk), and in one chunk holding
+  the whole sequence and vocabulary. Compiled only (`memory_analysis`), so 256k costs no memory.
 `--size toy` runs every curve at 2 tiny points on a 2-layer, hidden-64 `bench-tiny` (the test suite does). Prints
 one JSON line per point as measured, then {"summary": ...} (also written to --out); draws cost_decode.png,
 cost_update.png and cost_logprob_memory.png into --figures. `load_avg` (os.getloadavg) is recorded at the start and
@@ -39,24 +41,29 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
-from ringjax.model import count_params, create_model, preset
+from ringjax.model import abstract_model, count_params, create_model, init_cache, preset
+from rollout.jax_engine import _bucket, _prefill_jit
 from _summary import emit_summary
 from engine_bench import bench_jax_engine
-from gpu_suite import logprob_memory_row
+from gpu_suite import logprob_memory_row, logprob_temp_bytes
 from train_bench import time_steps
 
 SIZES = {
     "full": {"overrides": {}, "batches": [1, 2, 4, 8, 16, 32, 64, 128, 256], "prompt_len": 64, "new_tokens": 64,
-             "context_batch": 8, "contexts": [128, 256, 512, 1024, 2048], "repeats": 2,
+             "context_batch": 8, "contexts": [128, 256, 512, 1024, 2048, 4096, 8192], "repeats": 2,
+             "long_context": 4096,
              "seq_lens": [128, 256, 512, 1024, 2048], "step_tokens": 4096, "micro_tokens": 2048,
              "experts": [4, 8, 16, 32, 64], "experts_seq_len": 256, "runs": 3,
              "vocabs": [4096, 8192, 16384, 32768, 65536, 131072, 262144], "lp_rows": 2, "lp_seq": 4096,
-             "lp_chunk": 1024},
+             "lp_chunk": 1024, "lp_vocab_chunk": 32768},
     "toy": {"overrides": {"num_hidden_layers": 2, "hidden_size": 64, "head_dim": 16, "moe_intermediate_size": 32},
             "batches": [1, 2], "prompt_len": 8, "new_tokens": 8, "context_batch": 2, "contexts": [16, 32],
-            "repeats": 1, "seq_lens": [64, 128], "step_tokens": 256, "micro_tokens": 128, "experts": [4, 16],
-            "experts_seq_len": 64, "runs": 1, "vocabs": [4096, 16384], "lp_rows": 1, "lp_seq": 256, "lp_chunk": 64},
+            "repeats": 1, "long_context": 32, "seq_lens": [64, 128], "step_tokens": 256, "micro_tokens": 128,
+            "experts": [4, 16], "experts_seq_len": 64, "runs": 1, "vocabs": [4096, 16384], "lp_rows": 1, "lp_seq": 256,
+            "lp_chunk": 64, "lp_vocab_chunk": 4096},
 }
 FLOAT32 = {"compute.dtype": "float32", "compute.param_dtype": "float32"}
 
@@ -84,6 +91,23 @@ def decode_point(model, batch: int, prompt_len: int, new_tokens: int, repeats: i
             **bench_jax_engine(model, batch, 32, args)}
 
 
+def prefill_temp_mib(model, batch: int, prompt_len: int, max_context: int) -> float:
+    """Compiled temp memory of the engine's prefill of `batch` prompts into a cache of `max_context` positions."""
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: init_cache(model.config, batch, max_context))
+    tokens = jax.ShapeDtypeStruct((batch, _bucket(prompt_len - 1, 16)), jnp.int32)
+    compiled = _prefill_jit.lower(graphdef, state, cache, tokens, jax.ShapeDtypeStruct((batch,), jnp.int32)).compile()
+    return round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)
+
+
+def context_point(model, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+    whole = model.config.replace(**{"compute.attention_chunk": prompt_len + new_tokens})
+    whole_model = nnx.merge(nnx.split(abstract_model(whole))[0], nnx.state(model))
+    return {**decode_point(model, batch, prompt_len, new_tokens, repeats),
+            "prefill_temp_mib": prefill_temp_mib(model, batch, prompt_len, prompt_len + new_tokens),
+            "whole_row_temp_mib": prefill_temp_mib(whole_model, batch, prompt_len, prompt_len + new_tokens)}
+
+
 def update_point(cfg, seq_len: int, step_tokens: int, micro_tokens: int, runs: int) -> dict:
     args = types.SimpleNamespace(seqs=step_tokens // seq_len, seq_len=seq_len, rows=max(1, micro_tokens // seq_len),
                                  runs=runs)
@@ -104,8 +128,9 @@ def curves(size: dict, emit) -> None:
     for b in s["batches"]:
         emit("decode_batch", decode_point(model, b, s["prompt_len"], s["new_tokens"], s["repeats"]))
     for c in s["contexts"]:
-        emit("decode_context", decode_point(model, s["context_batch"], c - s["new_tokens"], s["new_tokens"],
-                                            s["repeats"]))
+        repeats = 1 if c >= s["long_context"] else s["repeats"]
+        emit("decode_context", context_point(model, s["context_batch"], c - s["new_tokens"], s["new_tokens"],
+                                             repeats))
     del model
     base, measured = base_config(s), {}
 
@@ -119,8 +144,10 @@ def curves(size: dict, emit) -> None:
     for e in s["experts"]:
         emit("update_experts", update(fixed_active_config(base, e), s["experts_seq_len"]))
     for v in s["vocabs"]:
-        emit("logprob_memory", logprob_memory_row(s["lp_rows"], s["lp_seq"], base.hidden_size, v, "float32",
-                                                  s["lp_chunk"]))
+        args = (s["lp_rows"], s["lp_seq"], base.hidden_size, v, "float32", s["lp_chunk"])
+        tokens_only = logprob_temp_bytes(*args, None)
+        emit("logprob_memory", {**logprob_memory_row(*args, s["lp_vocab_chunk"]),
+                                "token_chunked_temp_mib": round(tokens_only / 2**20, 3)})
 
 
 def growth(points: list[dict], x: str, y: str) -> dict:
@@ -134,9 +161,12 @@ def findings(c: dict) -> dict:
     return {"decode_best_batch": best["batch"], "decode_best_tok_per_s": best["gen_tok_per_s"],
             "decode_batch": growth(c["decode_batch"], "batch", "gen_tok_per_s"),
             "decode_context": growth(c["decode_context"], "context", "gen_tok_per_s"),
+            "prefill_memory": growth(c["decode_context"], "context", "prefill_temp_mib"),
+            "prefill_memory_one_block": growth(c["decode_context"], "context", "whole_row_temp_mib"),
             "update_seq_len": growth(c["update_seq_len"], "seq_len", "step_s"),
             "update_experts": growth(c["update_experts"], "experts", "step_s"),
             "logprob_chunked": growth(c["logprob_memory"], "vocab", "chunked_temp_mib"),
+            "logprob_token_chunked": growth(c["logprob_memory"], "vocab", "token_chunked_temp_mib"),
             "logprob_unchunked": growth(c["logprob_memory"], "vocab", "unchunked_temp_mib")}
 
 
@@ -161,13 +191,17 @@ def draw(c: dict, folder: str, title: str) -> list[str]:
         ("cost_decode.png", [("decode_batch", "batch", [("gen_tok_per_s", "")], "batch (slots)", "generated tokens/s",
                               "vs batch (context fixed)"),
                              ("decode_context", "context", [("gen_tok_per_s", "")], "total context (tokens)",
-                              "generated tokens/s", "vs context (batch, new tokens fixed)")]),
+                              "generated tokens/s", "vs context (batch, new tokens fixed)"),
+                             ("decode_context", "context", [("whole_row_temp_mib", "one block"),
+                                                            ("prefill_temp_mib", "blocks of attention_chunk")],
+                              "total context (tokens)", "compiled temp memory (MiB)", "prefill memory vs context")]),
         ("cost_update.png", [("update_seq_len", "seq_len", [("step_s", "")], "sequence length (tokens)",
                               "train step (s)", "vs seq len (fixed tokens per step)"),
                              ("update_experts", "experts", [("step_s", "")], "routed experts (top-2)",
                               "train step (s)", "vs experts (fixed active params)")]),
         ("cost_logprob_memory.png", [("logprob_memory", "vocab", [("unchunked_temp_mib", "unchunked"),
-                                                                  ("chunked_temp_mib", "chunked")],
+                                                                  ("token_chunked_temp_mib", "token chunks"),
+                                                                  ("chunked_temp_mib", "token chunks + vocab blocks")],
                                       "vocabulary", "compiled temp memory (MiB)", "log-prob + grad memory")]),
     ]
     os.makedirs(folder, exist_ok=True)

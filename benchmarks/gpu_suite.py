@@ -18,8 +18,9 @@ preset in seconds (the test suite runs it on CPU). Four parts, each one JSON lin
 - `decode`: the embedded engine (`rollout.jax_engine.JaxEngine`) on the same model, `--prompt-len` prompts and
   `--new-tokens` new tokens per row at each of `--batches`, generated tokens/s (median of 2 runs after a warm-up).
 - `logprob_memory`: compiled temporary memory of the log-prob pass with its gradient (`token_logprobs`, what the
-  train step differentiates) at the full vocabulary, chunked (`--lp-chunk`, the default `compute.logprob_chunk`)
-  against one chunk holding the whole sequence (the [B, S, V] float32 logits a naive implementation builds).
+  train step differentiates) at the full vocabulary, chunked (`--lp-chunk`, the default `compute.logprob_chunk`;
+  vocabulary blocks of the default `compute.logprob_vocab_chunk`) against one chunk holding the whole sequence and
+  vocabulary (the [B, S, V] float32 logits a naive implementation builds).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ringjax.model import count_params, create_model, preset
+from ringjax.model import ComputeConfig, count_params, create_model, preset
 from ringjax.model.logprobs import token_logprobs
 from _summary import emit_summary
 from train_bench import PEAK_TFLOPS, time_steps
@@ -143,24 +144,30 @@ def bench_decode(model, args) -> dict:
             "decode_chunk": args.decode_chunk, "runs": rows}
 
 
-def logprob_temp_bytes(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int) -> int:
+def logprob_temp_bytes(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int,
+                       vocab_chunk: int | None = ComputeConfig().logprob_vocab_chunk) -> int:
     """Compiled temp bytes of d/d(hidden, head) sum(log p) over [rows, seq] tokens, `chunk` tokens per chunk (`seq`:
-    one chunk, the whole [rows, seq, vocab] logits). Compiled only: nothing of that size is allocated."""
+    one chunk) and `vocab_chunk` vocabulary entries per block (None: one block; with `seq` too, the whole
+    [rows, seq, vocab] logits). Compiled only: nothing of that size is allocated."""
     shapes = (jax.ShapeDtypeStruct((rows, seq, hidden), jnp.dtype(dtype)),
               jax.ShapeDtypeStruct((vocab, hidden), jnp.float32), jax.ShapeDtypeStruct((rows, seq), jnp.int32))
 
     def loss(h, head, targets):
-        return jnp.sum(token_logprobs(h, head, targets, chunk)[0])
+        return jnp.sum(token_logprobs(h, head, targets, chunk, 1.0, vocab_chunk)[0])
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
-def logprob_memory_row(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int) -> dict:
-    """Compiled temp memory of the log-prob pass with its gradient, `chunk` tokens per chunk against unchunked."""
-    chunked, whole = (logprob_temp_bytes(rows, seq, hidden, vocab, dtype, c) for c in (chunk, seq))
-    return {"rows": rows, "seq_len": seq, "vocab": vocab, "chunk": chunk, "chunked_temp_mib": _mib(chunked),
-            "unchunked_temp_mib": _mib(whole), "logits_f32_mib": _mib(4 * rows * seq * vocab),
+def logprob_memory_row(rows: int, seq: int, hidden: int, vocab: int, dtype: str, chunk: int,
+                       vocab_chunk: int | None = ComputeConfig().logprob_vocab_chunk) -> dict:
+    """Compiled temp memory of the log-prob pass with its gradient, `chunk` tokens per chunk and `vocab_chunk`
+    vocabulary entries per block, against unchunked (one chunk, one block)."""
+    chunked = logprob_temp_bytes(rows, seq, hidden, vocab, dtype, chunk, vocab_chunk)
+    whole = logprob_temp_bytes(rows, seq, hidden, vocab, dtype, seq, None)
+    return {"rows": rows, "seq_len": seq, "vocab": vocab, "chunk": chunk, "vocab_chunk": vocab_chunk,
+            "chunked_temp_mib": _mib(chunked), "unchunked_temp_mib": _mib(whole),
+            "logits_f32_mib": _mib(4 * rows * seq * vocab),
             "saving": round(whole / max(chunked, 1), 1)}
 
 

@@ -19,6 +19,7 @@ import jax
 from flax import nnx
 
 from ringjax.model import LingConfig, abstract_model, count_params
+from ringjax.model.logprobs import vocab_blocks
 from ringjax.sharding import MESH_AXES, batch_shards, resolve_mesh_sizes, state_shardings
 from ringjax.trainer.state import split_model
 
@@ -186,7 +187,9 @@ def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, se
     tensor = sizes["tensor"]
     act = activation_bytes(model_cfg, rows_per_device * seq_len, tensor, max(per_stack.values()))
     chunk = min(model_cfg.compute.logprob_chunk, max(seq_len - 1, 1))
-    logits = rows_per_device * chunk * -(-model_cfg.vocab_size // tensor) * 4 * 2
+    # One token chunk's logits against one vocabulary block (`token_logprobs`), the block split over tensor.
+    _, block, _ = vocab_blocks(model_cfg.vocab_size, model_cfg.compute.logprob_vocab_chunk)
+    logits = rows_per_device * chunk * -(-block // tensor) * 4 * 2
     kv_heads = -(-model_cfg.num_key_value_heads // tensor)
     kv = (-(-kv_slots // batch_shards(abstract_mesh)) * kv_context * model_cfg.num_hidden_layers * 2 * kv_heads
           * model_cfg.head_dim * DTYPE_BYTES[model_cfg.compute.dtype])

@@ -12,11 +12,11 @@ What one decode step does here, for every slot of the engine:
   groups of `rows` slots (`jax.lax.map`, as the train step maps over its micro-batches);
 - SAMPLES the next token with `ringjax.sampling.sample_rows` (the normal engine's rule, same key: temperature,
   top-p) from `model.logits` of that forward's hidden state at the slot's last position n - 1;
-- REPORTS `token_logprobs(hidden[:, :-1], head, tokens[:, 1:], logprob_chunk, temperature)[n - 1]` on the same
-  forward with the sampled token written at column n: the trainer's own log-prob function at the trainer's
-  temperature (a static float; greedy slots are reported at temperature 1, the normal engine's convention). The
-  KV cache is not read: every step recomputes the whole window, which is what the mode costs
-  (`benchmarks/zero_mismatch_bench.py`).
+- REPORTS `token_logprobs(hidden[:, :-1], head, tokens[:, 1:], logprob_chunk, temperature, logprob_vocab_chunk)
+  [n - 1]` on the same forward with the sampled token written at column n: the trainer's own log-prob function
+  with the trainer's chunking, at the trainer's temperature (a static float; greedy slots are reported at
+  temperature 1, the normal engine's convention). The KV cache is not read: every step recomputes the whole
+  window, which is what the mode costs (`benchmarks/zero_mismatch_bench.py`).
 
 Conditions, established by experiment on XLA:CPU (float32; docs/mismatch.md "Zero-mismatch control"):
 - the forward's row count must equal the trainer's micro-batch rows (`rows`): a matmul over 8 rows does not
@@ -77,7 +77,7 @@ def _decode_full(graphdef: nnx.GraphDef, state: nnx.State, tokens: Int[Array, "B
     def score(xs):
         hidden, window = xs
         return token_logprobs(hidden[:, :-1], model.head_weight(), window[:, 1:], cfg.compute.logprob_chunk,
-                              logp_temperature)[0]  # [R W-1]
+                              logp_temperature, cfg.compute.logprob_vocab_chunk)[0]  # [R W-1]
 
     def body(carry):
         i, window, length, left, stopped, toks, lps, routes = carry

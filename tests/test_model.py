@@ -273,3 +273,60 @@ def test_mtp_hidden():
         _close(o[:, :t - i], c[:, :t - i], tol=1e-6)
     with pytest.raises(ValueError, match="no MTP"):
         random_model(ringjax.preset("tiny-v1")).mtp_hidden(residual, tokens)
+
+
+@pytest.mark.parametrize("impl", ["xla", "reference"])
+def test_blocked_attention_equals_whole_row(model, impl):
+    """Query blocks of 5 over 12 packed tokens (the last block padded): the same hidden states as one block."""
+    tokens = _tokens(model.config, 2, 12, seed=6)
+    positions = jnp.asarray([list(range(5)) + list(range(7))] * 2)
+    segments = jnp.asarray([[0] * 5 + [1] * 7] * 2)
+    fwd = lambda m, t, p, s: m(t, p, s).hidden  # noqa: E731
+    whole = with_config(model, **{"compute.attention": impl})
+    want = jitted(whole, fwd)(tokens, positions, segments)
+    got = jitted(with_config(whole, **{"compute.attention_chunk": 5}), fwd)(tokens, positions, segments)
+    _close(got, want)
+
+
+def test_blocked_attention_same_grads(v2_grads):
+    m, tokens, (loss, grads) = v2_grads  # 9 tokens per row: blocks of 4, 4 and a padded 1
+    loss_b, grads_b = _param_grads(with_config(m, **{"compute.attention_chunk": 4}), tokens)
+    _close(loss_b, loss)
+    for (path, g), (_, g_b) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(grads_b)):
+        np.testing.assert_allclose(np.asarray(g_b[...]), np.asarray(g[...]), atol=TOL, rtol=TOL, err_msg=str(path))
+
+
+def test_blocked_prefill_into_cache_equals_whole(model):
+    """The engine's prefill path (queries against a longer cache) in blocks of 3 queries."""
+    cfg = model.config
+    tokens = _tokens(cfg, 2, 8, seed=7)
+    positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
+
+    def prefill(m, t, p):
+        out = m(t, p, cache=ringjax.init_cache(m.config, 2, 16))
+        return out.hidden, out.cache
+
+    want_h, want_c = jitted(model, prefill)(tokens, positions)
+    got_h, got_c = jitted(with_config(model, **{"compute.attention_chunk": 3}), prefill)(tokens, positions)
+    _close(got_h, want_h)
+    for a, b in zip(jax.tree.leaves(got_c), jax.tree.leaves(want_c)):
+        _close(a, b)
+
+
+def test_blocked_attention_bounds_the_scores():
+    """Compiled temp memory of attention over a 4096-token row: the whole row holds its scores and their softmax
+    (about 3 score-sized buffers); blocks of 512 queries hold about as many buffers of one block's size."""
+    from ringjax.model.attention import blocked_sdpa
+
+    b, s, n, g, d = 1, 4096, 4, 2, 16
+    shapes = [jax.ShapeDtypeStruct((b, s, n, d), jnp.float32)] + [jax.ShapeDtypeStruct((b, s, g, d), jnp.float32)] * 2
+
+    def temp(chunk):
+        def f(q, k, v):
+            pos = jnp.broadcast_to(jnp.arange(s), (b, s))
+            return blocked_sdpa(q, k, v, pos, pos, None, None, "xla", chunk)
+        return jax.jit(f).lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+    scores = 4 * b * n * s * s  # the whole row's float32 scores: 256 MiB
+    assert temp(s) >= scores
+    assert temp(512) <= 3 * scores * 512 // s

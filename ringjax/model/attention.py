@@ -3,7 +3,8 @@
 HF stores one fused `query_key_value` matrix (rows Q heads | K heads | V heads); ringjax keeps q, k, v
 separate ([H, N, D] / [H, G, D]) so each shards over heads. Ling 2.0 adds a per-head RMSNorm on q and k
 before RoPE. Masks come from positions (and segment ids for packed rows), so right-padded prompts,
-packed sequences and cached decoding share one code path.
+packed sequences and cached decoding share one code path. Long rows run in blocks of `compute.attention_chunk`
+queries (`blocked_sdpa`), each building only its own [chunk, K] mask and scores.
 """
 
 from __future__ import annotations
@@ -36,6 +37,34 @@ def sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Float[Array,
         out = jnp.einsum("bgrsk,bkgd->bsgrd", probs, v.astype(jnp.float32))
         return out.reshape(b, s, n, d).astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
+
+
+def blocked_sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Float[Array, "B K G D"],
+                 q_pos: Int[Array, "B S"], k_pos: Int[Array, "B K"], q_seg: Int[Array, "B S"] | None,
+                 k_seg: Int[Array, "B K"] | None, impl: str, chunk: int) -> Float[Array, "B S N D"]:
+    """`sdpa` over blocks of `chunk` queries, each with the mask of its own positions: the scores held at once are
+    [B, N, chunk, K] instead of [B, N, S, K] (a 8k-token prefill would need 256 MiB per row and head). The block
+    body is rematerialised, so the backward pass holds one block's scores too. cuDNN's fused kernel never builds
+    the scores and takes the whole row."""
+    s = q.shape[1]
+    if impl == "cudnn" or s <= chunk:
+        return sdpa(q, k, v, attention_mask(q_pos, k_pos, q_seg, k_seg), impl)
+    n = -(-s // chunk)
+
+    def blocks(x):  # [B S ...] -> [n B chunk ...], right-padded
+        x = jnp.pad(x, [(0, 0), (0, n * chunk - s)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
+
+    valid = blocks(jnp.ones(q.shape[:2], bool))
+
+    @jax.checkpoint
+    def one(args):
+        qb, pb, sb, vb = args
+        mask = attention_mask(pb, k_pos, sb, k_seg) | ~vb[:, :, None]  # padding queries see every key: no NaN
+        return sdpa(qb, k, v, mask, impl)
+
+    out = jax.lax.map(one, (blocks(q), blocks(q_pos), None if q_seg is None else blocks(q_seg), valid))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * chunk, *q.shape[2:])[:, :s]
 
 
 def attention_mask(q_pos: Int[Array, "B S"], k_pos: Int[Array, "B K"], q_seg: Int[Array, "B S"] | None,
@@ -74,7 +103,7 @@ def attention(p: dict[str, Any], x: Float[Array, "B S H"], positions: Int[Array,
         new_cache = {"k": k_all, "v": v_all}
         k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (x.shape[0], k_all.shape[1]))
         mask_seg = None
-    mask = attention_mask(positions, k_pos, mask_seg, mask_seg if cache is None else None)
-    out = sdpa(q, k_all.astype(dt), v_all.astype(dt), mask, cfg.compute.attention)  # [B S N D]
+    out = blocked_sdpa(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, mask_seg,
+                       mask_seg if cache is None else None, cfg.compute.attention, cfg.compute.attention_chunk)
     out = jnp.einsum("bsnd,ndh->bsh", out, p["wo"].astype(dt))
     return out, new_cache

@@ -57,6 +57,8 @@ class ComputeConfig:
     attention: AttentionImpl = "xla"  # xla (jax.nn.dot_product_attention), cudnn (fused GPU kernel), reference
     moe: MoeImpl = "auto"  # grouped expert matmul: auto, ragged_dot, segment, gather, dense
     logprob_chunk: int = 1024  # tokens per chunk of the log-prob pass (bounds the float32 logits buffer)
+    logprob_vocab_chunk: int = 32768  # vocabulary entries per block of a chunk's online logsumexp (same bound)
+    attention_chunk: int = 512  # queries per block of xla / reference attention (bounds the [S, K] scores)
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):
@@ -65,8 +67,9 @@ class ComputeConfig:
         _check_choice("compute.remat", self.remat, RematPolicy)
         _check_choice("compute.attention", self.attention, AttentionImpl)
         _check_choice("compute.moe", self.moe, MoeImpl)
-        if self.logprob_chunk <= 0:
-            raise ValueError(f"compute.logprob_chunk={self.logprob_chunk} must be positive")
+        for name in ("logprob_chunk", "logprob_vocab_chunk", "attention_chunk"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"compute.{name}={getattr(self, name)} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

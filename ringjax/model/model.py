@@ -138,7 +138,8 @@ class Ling(nnx.Module):
         """log p(tokens[:, t+1] | tokens[:, :t+1]) and the entropy at each step, chunked over the sequence."""
         out = self(tokens, positions, segment_ids)
         return token_logprobs(out.hidden[:, :-1], self.head_weight(), tokens[:, 1:],
-                              self.config.compute.logprob_chunk, temperature)
+                              self.config.compute.logprob_chunk, temperature,
+                              self.config.compute.logprob_vocab_chunk)
 
     def mtp_hidden(self, residual: Float[Array, "B S H"], tokens: Int[Array, "B S"],
                    positions: Int[Array, "B S"] | None = None) -> list[Float[Array, "B S H"]]:

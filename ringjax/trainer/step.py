@@ -50,7 +50,8 @@ def _forward(model: Ling, mb: Batch, temperature: float, replay: bool):
         raise ValueError("rl.router_replay=replay needs the engine's routing records in the batch ('routes')")
     out = model(mb["tokens"], mb["positions"], mb["segment_ids"], routes=routes)
     logp, entropy = token_logprobs(out.hidden[:, :-1], model.head_weight(), mb["tokens"][:, 1:],
-                                   model.config.compute.logprob_chunk, temperature)
+                                   model.config.compute.logprob_chunk, temperature,
+                                   model.config.compute.logprob_vocab_chunk)
     aux = {"load_balance": jnp.mean(out.aux.load_balance), "z_loss": jnp.mean(out.aux.z_loss)}
     return logp, entropy, aux, out.aux.chosen
 
