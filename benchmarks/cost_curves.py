@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/cost_curves.py [--size full|toy] [--figures docs] [--out FILE]
 
-About 6 minutes on 2 CPU cores at `--size full`, about a minute at `--size toy`.
+About 13 minutes on 2 CPU cores at `--size full`, about a minute at `--size toy`.
 
 Every curve varies one thing on `bench-tiny` (float32 compute and weights), everything else fixed:
 - `decode_batch` / `decode_context`: generated tokens/s of the embedded engine (`rollout.jax_engine.JaxEngine`,
