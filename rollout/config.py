@@ -22,6 +22,9 @@ class RolloutConfig:
     workers: int = 0  # Ray rollout workers (each with its own engine); 0: the engine runs in the trainer process
     ray_address: str | None = None  # join this Ray cluster; None: start a local one
     queue_size: int = 256  # Ray trajectory queue capacity (back-pressure on the workers)
+    heartbeat_timeout_s: float = 60.0  # Ray workers: seconds a heartbeat may go unanswered before the worker is
+    # declared hung, killed and replaced (its requests reissued)
+    rpc_timeout_s: float = 600.0  # Ray workers: seconds a call (configure, abort, update_weights) may take
     reward_workers: int = 4  # threads scoring complete groups while generation goes on
     reward_timeout_s: float = 60.0  # seconds one reward call may run (from its start) before it scores 0, counted
     zero_mismatch: bool = False  # embedded engine: log-probs bit-equal to the trainer's (rollout.zero_mismatch); slower
@@ -60,5 +63,6 @@ class RolloutConfig:
                              (self.zero_mismatch, "rollout.zero_mismatch=true (its decode reads no KV cache)")):
                 if bad:
                     raise ValueError(f"rollout.carry_kv=keep cannot hold with {why}")
-        if self.reward_timeout_s <= 0:
-            raise ValueError(f"rollout.reward_timeout_s={self.reward_timeout_s} must be > 0")
+        for name in ("reward_timeout_s", "heartbeat_timeout_s", "rpc_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"rollout.{name}={getattr(self, name)} must be > 0")

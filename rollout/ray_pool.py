@@ -19,6 +19,14 @@ Failures: each worker runs its loop as one long actor call, so its death surface
    sends it the factory, the queue, the current weights and version and a new attempt, and starts its loop again;
 3. raises `WorkerPoolError` once one worker has failed more than `max_restarts` times.
 
+Hangs: a worker that stops answering without dying (a stopped process, a wedged node) is a failure like a death.
+`step()` pings every live worker every `heartbeat_interval` s (`ping` runs in its own actor thread, so a long
+engine step or a worker blocked on the full queue still answers); one ping unanswered for `heartbeat_timeout` s
+fails the worker with `WorkerTimeout`, which kills the actor and replaces it as above, its requests reissued.
+Every other call the pool waits on has a deadline too (`rpc_timeout`: `configure`, `abort`, `update_weights`; a
+recovery's `configure` answers within `restart_timeout`), and an expired one fails that worker with a
+`WorkerTimeout` naming the worker and the call.
+
 A restarted actor gets its constructor arguments again, so they hold nothing that may be gone by then: the worker is
 built from its index alone, and what it works with, the engine factory, the queue and the weights, comes with
 `configure`, from references the pool keeps (Ray warns about constructor arguments in the object store for actors
@@ -44,7 +52,7 @@ from typing import Any
 import numpy as np
 import ray
 from flax import nnx
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.queue import Empty, Queue
 
 from rollout.weights import flat_weights
@@ -58,6 +66,10 @@ _BACKLOG = -1  # worker index of requests waiting for a live worker
 
 class WorkerPoolError(RuntimeError):
     """The pool gave up: a worker failed more often than `max_restarts` allows."""
+
+
+class WorkerTimeout(TimeoutError):
+    """A worker did not answer a call (or a heartbeat) in time; says which worker and which call."""
 
 
 def start_ray(address: str | None = None, **init_kwargs) -> bool:
@@ -84,6 +96,9 @@ class _Worker:
     give_up_at: float = 0.0  # the restart is taking too long: replace the actor
     failures: int = 0
     version: int = 0  # the weights version this attempt holds
+    ping: ray.ObjectRef | None = None  # the heartbeat in flight
+    ping_sent: float = 0.0
+    last_seen: float = 0.0  # when the worker last answered a heartbeat (or started its loop)
 
 
 @dataclasses.dataclass
@@ -99,13 +114,19 @@ class RayEnginePool:
     def __init__(self, factory: EngineFactory, num_workers: int, *, queue_size: int = 64, address: str | None = None,
                  max_restarts: int = 3, num_cpus: float = 0, runtime_env: dict | None = None,
                  max_concurrency: int = 4, poll_timeout: float = 0.05, abort_timeout: float = 120.0,
-                 restart_timeout: float = 300.0):
+                 restart_timeout: float = 300.0, heartbeat_interval: float = 5.0, heartbeat_timeout: float = 60.0,
+                 rpc_timeout: float = 600.0):
         if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
             raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
                              f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
         self._owns_ray = start_ray(address)
         self.max_restarts, self.poll_timeout, self.abort_timeout = max_restarts, poll_timeout, abort_timeout
         self.restart_timeout = restart_timeout
+        if not 0 < heartbeat_interval < heartbeat_timeout or rpc_timeout <= 0:
+            raise ValueError(f"heartbeat_interval={heartbeat_interval} must be > 0 and below heartbeat_timeout="
+                             f"{heartbeat_timeout}; rpc_timeout={rpc_timeout} must be > 0")
+        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
+        self.rpc_timeout = rpc_timeout
         self._options = dict(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
                              max_concurrency=max_concurrency, runtime_env=runtime_env)
         self._factory = ray.put(factory)  # held here, sent with every `configure`: each (re)started worker needs it
@@ -120,9 +141,13 @@ class RayEnginePool:
         self.stats: collections.Counter = collections.Counter()
         self._workers = [_Worker(self._spawn(i)) for i in range(num_workers)]
         infos = []
-        for i, w in enumerate(self._workers):
+        calls = [w.handle.configure.remote(0, self._factory, self._queue, None, 0) for w in self._workers]
+        for i, call in enumerate(calls):
             try:
-                infos.append(ray.get(w.handle.configure.remote(0, self._factory, self._queue, None, 0)))
+                infos.append(ray.get(call, timeout=rpc_timeout))
+            except GetTimeoutError as e:
+                self.close()
+                raise WorkerTimeout(f"worker {i}: configure did not answer in {rpc_timeout} s") from e
             except (RayActorError, RayTaskError) as e:
                 self.close()
                 raise WorkerPoolError(f"worker {i} failed to start: {e}") from e
@@ -164,7 +189,9 @@ class RayEnginePool:
         calls = {k: self._workers[k].handle.abort.remote(v) for k, v in by_worker.items() if k != _BACKLOG}
         for k, ref in calls.items():
             try:
-                self._accept_all(ray.get(ref))
+                self._accept_all(ray.get(ref, timeout=self.rpc_timeout))
+            except GetTimeoutError:
+                self._failed(k, WorkerTimeout(f"worker {k}: abort did not answer in {self.rpc_timeout} s"))
             except (RayActorError, RayTaskError) as e:
                 self._failed(k, e)
         deadline = time.monotonic() + self.abort_timeout
@@ -192,8 +219,10 @@ class RayEnginePool:
         calls = {k: w.handle.update_weights.remote(ref, version) for k, w in enumerate(self._workers) if w.alive}
         for k, call in calls.items():
             try:
-                ray.get(call)
+                ray.get(call, timeout=self.rpc_timeout)
                 self._workers[k].version = int(version)
+            except GetTimeoutError:
+                self._failed(k, WorkerTimeout(f"worker {k}: update_weights did not answer in {self.rpc_timeout} s"))
             except RayActorError as e:
                 self._failed(k, e)
             except RayTaskError as e:  # the weights do not fit the engine: every worker refuses them alike
@@ -236,8 +265,26 @@ class RayEnginePool:
         return _RemoteWorker.options(**self._options).remote(index)  # no reference: see the module docstring
 
     def _start_loop(self, w: _Worker) -> None:
-        w.alive, w.recovering = True, None
+        w.alive, w.recovering, w.ping, w.last_seen = True, None, None, time.monotonic()
         w.loop = w.handle.run.remote(w.attempt)
+
+    def _heartbeats(self) -> None:
+        """Pings the live workers; fails one whose ping has gone unanswered for `heartbeat_timeout` s."""
+        now = time.monotonic()
+        for k, w in enumerate(self._workers):
+            if not w.alive:
+                continue
+            if w.ping is not None:
+                if ray.wait([w.ping], timeout=0)[0]:  # answered, or failed: a death shows on the loop call
+                    w.ping, w.last_seen = None, now
+                elif now - w.ping_sent > self.heartbeat_timeout:
+                    self.stats["hung"] += 1
+                    self._failed(k, WorkerTimeout(f"worker {k} (attempt {w.attempt}): no answer to a heartbeat "
+                                                  f"for {now - w.ping_sent:.1f} s (heartbeat_timeout="
+                                                  f"{self.heartbeat_timeout})"))
+                    continue
+            if w.ping is None and now - w.last_seen >= self.heartbeat_interval:
+                w.ping, w.ping_sent = w.handle.ping.remote(), now
 
     def _check_usable(self) -> None:
         if self._error is not None:
@@ -294,7 +341,12 @@ class RayEnginePool:
                 self._accept_all([(_BACKLOG, -1, t, Output(i, [], [], [], "abort"))])
 
     def _check_workers(self) -> None:
+        self._heartbeats()
         now = time.monotonic()
+        for k, w in enumerate(self._workers):
+            if not w.alive and w.recovering is not None and now > w.give_up_at:
+                self._failed(k, WorkerTimeout(f"worker {k} (attempt {w.attempt}): configure of its recovery did "
+                                              f"not answer in {self.restart_timeout} s (restart_timeout)"))
         for w in self._workers:
             if not w.alive and w.recovering is None and now >= w.retry_at:
                 w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue, self._weights_ref,
@@ -326,7 +378,12 @@ class RayEnginePool:
             w.version = info["version"]
             if self._weights_ref is not None and w.version != self.version:  # weights changed while it restarted
                 try:
-                    w.version = ray.get(w.handle.update_weights.remote(self._weights_ref, self.version))
+                    w.version = ray.get(w.handle.update_weights.remote(self._weights_ref, self.version),
+                                        timeout=self.rpc_timeout)
+                except GetTimeoutError:
+                    self._failed(k, WorkerTimeout(f"worker {k}: update_weights did not answer in "
+                                                  f"{self.rpc_timeout} s"))
+                    continue
                 except (RayActorError, RayTaskError) as e:
                     self._failed(k, e)
                     continue
@@ -336,7 +393,7 @@ class RayEnginePool:
     def _failed(self, k: int, error: Exception) -> None:
         """Worker `k` failed: reissue what it held, start its recovery (see the module docstring)."""
         w = self._workers[k]
-        was_alive, w.alive, w.loop, w.recovering = w.alive, False, None, None
+        was_alive, w.alive, w.loop, w.recovering, w.ping = w.alive, False, None, None, None
         w.failures += 1
         self.stats["restarts"] += 1
         log.warning("worker %d (attempt %d) failed: %s: %s", k, w.attempt, type(error).__name__, error)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -152,7 +153,7 @@ class RolloutWorker:
 
     def ping(self) -> dict:
         version = None if self._engine is None else int(self._engine.version)
-        return {"worker_id": self.worker_id, "attempt": self._attempt, "version": version,
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "attempt": self._attempt, "version": version,
                 "pending": self.num_pending(), "held": self._held, "stats": dict(self.stats),
                 "engine_stats": dict(self._engine_stats)}
 

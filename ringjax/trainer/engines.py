@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from ringjax.trainer.rl import RLConfig
 
 
+def _pool_options(r) -> dict:
+    """RayEnginePool settings of a `rollout:` section: queue, cluster, hang deadlines."""
+    return dict(queue_size=r.queue_size, address=r.ray_address, heartbeat_timeout=r.heartbeat_timeout_s,
+                heartbeat_interval=min(5.0, r.heartbeat_timeout_s / 4), rpc_timeout=r.rpc_timeout_s)
+
+
 def make_engine(model: Ling, cfg: RLConfig, mesh=None, run_dir: str | None = None, *, slots: int | None = None,
                 max_context: int | None = None, seed: int | None = None):
     """The rollout engine of `cfg` (an `RLConfig`) serving `model`'s weights: embedded JAX (in this process or in
@@ -44,14 +50,13 @@ def make_engine(model: Ling, cfg: RLConfig, mesh=None, run_dir: str | None = Non
             return SGLangEngine(sg, model_config=model.config)
         from rollout.ray_pool import RayEnginePool
         from rollout.ray_worker import SGLangEngineFactory
-        return RayEnginePool(SGLangEngineFactory(sg, model.config), r.workers, queue_size=r.queue_size,
-                             address=r.ray_address)
+        return RayEnginePool(SGLangEngineFactory(sg, model.config), r.workers, **_pool_options(r))
     if r.workers:
         from rollout.ray_pool import RayEnginePool
         from rollout.ray_worker import JaxEngineFactory
         weights = {k: np.asarray(v) for k, v in flat_weights(model).items()}
         factory = JaxEngineFactory(model.config, weights, slots=slots, max_context=max_context,
                                    decode_chunk=r.decode_chunk, seed=seed, numerics=r.numerics)
-        return RayEnginePool(factory, r.workers, queue_size=r.queue_size, address=r.ray_address)
+        return RayEnginePool(factory, r.workers, **_pool_options(r))
     return JaxEngine(model, slots=slots, max_context=max_context, decode_chunk=r.decode_chunk, seed=seed, mesh=mesh,
                      zero_mismatch=r.zero_mismatch, zero_mismatch_rows=cfg.rows, numerics=r.numerics)
