@@ -27,6 +27,12 @@ Every other call the pool waits on has a deadline too (`rpc_timeout`: `configure
 recovery's `configure` answers within `restart_timeout`), and an expired one fails that worker with a
 `WorkerTimeout` naming the worker and the call.
 
+The queue is an actor too. If it dies, the pool starts a new one and moves every worker to a new attempt on it
+(`configure`: the engine is kept, its work dropped), reissuing every request not yet accepted; whatever sat in the
+lost queue is generated again, and outputs of the old attempts that still arrive are discarded as duplicates. A
+worker whose `put` meets the dead queue ends its loop with `{"queue_lost": why}` instead of failing, so it is not
+restarted for it. More than `max_restarts` lost queues raise `WorkerPoolError`.
+
 A restarted actor gets its constructor arguments again, so they hold nothing that may be gone by then: the worker is
 built from its index alone, and what it works with, the engine factory, the queue and the weights, comes with
 `configure`, from references the pool keeps (Ray warns about constructor arguments in the object store for actors
@@ -130,6 +136,7 @@ class RayEnginePool:
         self._options = dict(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
                              max_concurrency=max_concurrency, runtime_env=runtime_env)
         self._factory = ray.put(factory)  # held here, sent with every `configure`: each (re)started worker needs it
+        self._queue_size = queue_size
         self._queue = Queue(maxsize=queue_size, actor_options={"num_cpus": 0})
         self._weights_ref: ray.ObjectRef | None = None  # None: the factory's weights
         self._tickets: dict[int, _Ticket] = {}
@@ -319,10 +326,37 @@ class RayEnginePool:
         """Accepts what has arrived in the queue, waiting up to `timeout` s for the first item."""
         try:
             items = [self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()]
+            n = self._queue.qsize()
+            items += self._queue.get_nowait_batch(n) if n else []
         except Empty:
             return
-        n = self._queue.qsize()
-        self._accept_all(items + (self._queue.get_nowait_batch(n) if n else []))
+        except RayActorError as e:
+            self._queue_lost(f"{type(e).__name__}: {e}")
+            return
+        self._accept_all(items)
+
+    def _queue_lost(self, why: str) -> None:
+        """The queue actor died: a new queue, every worker to a new attempt on it, every pending request reissued."""
+        self.stats["queues_lost"] += 1
+        log.warning("the output queue failed (%s): a new queue, %d requests reissued", why,
+                    sum(tk.worker != _BACKLOG for tk in self._tickets.values()))
+        if self.stats["queues_lost"] > self.max_restarts:
+            self._error = WorkerPoolError(f"the output queue failed {self.stats['queues_lost']} times "
+                                          f"(max_restarts={self.max_restarts}); last: {why}")
+            raise self._error
+        ray.kill(self._queue.actor, no_restart=True)
+        self._queue = Queue(maxsize=self._queue_size, actor_options={"num_cpus": 0})
+        for t, tk in list(self._tickets.items()):
+            if tk.worker != _BACKLOG:
+                del self._tickets[t]
+                self._new_ticket(tk.request)
+                self.stats["reissued"] += 1
+        now = time.monotonic()
+        for w in self._workers:
+            if w.alive or w.recovering is not None:  # a worker waiting for its retry keeps waiting
+                w.alive, w.loop, w.recovering, w.ping = False, None, None, None
+                w.attempt += 1
+                w.retry_at, w.give_up_at = 0.0, now + self.restart_timeout
 
     def _accept_all(self, items: Sequence[Item]) -> None:
         for worker, attempt, t, output in items:
@@ -369,6 +403,9 @@ class RayEnginePool:
             except (RayActorError, RayTaskError) as e:
                 self._failed(k, e)
                 continue
+            if w.alive and isinstance(info, dict) and "queue_lost" in info:  # its `put` met a dead queue
+                self._queue_lost(f"worker {k}: {info['queue_lost']}")
+                return  # every worker moved to a new attempt: what `done` holds is stale
             if w.alive:  # `run` returned: it never should
                 self._failed(k, RuntimeError(f"worker {k}: generation loop returned {info!r}"))
                 continue

@@ -157,18 +157,26 @@ class RolloutWorker:
                 "pending": self.num_pending(), "held": self._held, "stats": dict(self.stats),
                 "engine_stats": dict(self._engine_stats)}
 
-    def run(self, attempt: int) -> None:
-        """The generation loop: steps the engine while it has work, puts finished outputs into the queue."""
+    def run(self, attempt: int) -> dict:
+        """The generation loop: steps the engine while it has work, puts finished outputs into the queue. Ends when
+        a later `configure` moves the worker to another attempt (that attempt runs its own loop), and with
+        {"queue_lost": why} when the queue actor is gone (the pool replaces it and reissues the work)."""
         if attempt != self._attempt:
             raise StaleAttempt(f"worker {self.worker_id}: run({attempt}) but the worker is in attempt {self._attempt}")
         while True:
             with self._cv:
-                while not self._inbox and not self._tickets:
+                while not self._inbox and not self._tickets and attempt == self._attempt:
                     self._cv.wait(0.5)
+            if attempt != self._attempt:
+                return {"superseded": attempt}
             items = self._step()
             self._held = len(items)
             for item in items:
-                self._queue.put(item)  # blocks while the queue is full: back-pressure
+                try:
+                    self._queue.put(item)  # blocks while the queue is full: back-pressure
+                except ray.exceptions.RayActorError as e:
+                    self._held = 0
+                    return {"queue_lost": f"{type(e).__name__}: {e}"}
                 self._held -= 1
                 self.stats["outputs"] += 1
 

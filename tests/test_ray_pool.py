@@ -1,6 +1,6 @@
 """RayEnginePool on a real local Ray cluster: parity with a local JaxEngine, back-pressure, weight updates, a worker
-killed mid-generation, a worker stopped (SIGSTOP) mid-generation, a call to a stopped worker timing out, abort, engine
-exceptions inside a worker, giving up after too many restarts.
+killed mid-generation, a worker stopped (SIGSTOP) mid-generation, a call to a stopped worker timing out, the queue's
+actor killed mid-generation, abort, engine exceptions inside a worker, giving up after too many restarts.
 
 Workers run with ONE simulated CPU device (the test process has 8, see conftest.py) and the same matmul precision
 as the test process. Each worker process compiles its own functions (a compilation cache shared by the workers
@@ -310,6 +310,29 @@ def test_stopped_worker_is_detected_replaced_and_its_requests_reissued_once(pool
     assert ray.get(pool.workers[victim].ping.remote())["pid"] != pid
     again = make_requests("t", 4, 8, seed=9)
     assert set(run_to_completion(pool, again)) == {r.id for r in again}
+
+
+def test_queue_actor_death_loses_nothing_and_restarts_no_worker(pool, local, weights):
+    """The output queue's actor dies mid-generation (workers blocked on it, outputs inside it): a new queue takes
+    its place, every worker moves to a new attempt on it without a restart, and every request comes back once."""
+    pool.update_weights(weights[0], 0)
+    lost, restarts, duplicates = pool.stats["queues_lost"], pool.stats["restarts"], pool.stats["duplicates"]
+    pids = [p["pid"] for p in pings(pool)]
+    requests = make_requests("q", 16, 24, seed=10)
+    pool.submit(requests)
+    got = drain(pool, 1)
+    wait_for(lambda: sum(p["held"] for p in pings(pool)) > 0, what="a worker blocked on the full queue")
+    ray.kill(pool._queue.actor, no_restart=True)
+    got += drain(pool, len(requests) - len(got))
+    time.sleep(0.3)
+    got += pool.step()  # nothing may come twice
+    assert sorted(o.id for o in got) == sorted(r.id for r in requests)
+    want = reference(local, requests, weights[0], 0)
+    for o in got:
+        assert_same(o, want[o.id])
+    assert pool.stats["queues_lost"] == lost + 1 and pool.stats["restarts"] == restarts
+    assert pool.stats["duplicates"] >= duplicates
+    assert [p["pid"] for p in pings(pool)] == pids  # the same processes, engines kept
 
 
 def test_abort_returns_partials_and_nothing_later(pool, local, weights):
