@@ -159,10 +159,28 @@ def test_cost_curves_measure_every_curve_at_toy_size(tmp_path):
     assert [p["experts"] for p in experts] == [4, 16] and len({p["params_active"] for p in experts}) == 1
     assert experts[0]["params_total"] < experts[1]["params_total"]  # more experts, same active parameters
     largest = max(curves["logprob_memory"], key=lambda p: p["vocab"])
-    assert 0 < largest["chunked_temp_mib"] < largest["unchunked_temp_mib"]
+    # 16384 entries in vocabulary blocks of 4096 hold less than token chunks alone, which hold less than one chunk
+    assert 0 < largest["chunked_temp_mib"] < largest["token_chunked_temp_mib"] < largest["unchunked_temp_mib"]
+    assert all(0 < p["prefill_temp_mib"] <= p["whole_row_temp_mib"] for p in curves["decode_context"])
     assert summary["env"]["load_avg_start"] and summary["env"]["load_avg_end"]
     for name in ("cost_decode.png", "cost_update.png", "cost_logprob_memory.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_profile_gaps_profiles_decode_and_update_at_toy_size(tmp_path):
+    """The gap profiles' code path: both parts traced, XLA ops only (no host event, no while container), shares
+    that add up, the expert bytes of the model."""
+    bench = _load("profile_gaps")
+    summary = bench.main(["--size", "toy", "--out", str(tmp_path / "gaps.json")])
+    assert json.loads((tmp_path / "gaps.json").read_text()) == summary
+    for part in ("decode", "update"):
+        row = summary["parts"][part]
+        ops = [o["op"] for o in row["top_ops"]]
+        assert ops and all(bench.HLO.fullmatch(o) and not o.startswith("while") for o in ops)
+        assert 0 < row["top1_share"] <= row["top25_share"] <= 1.0 and 0 <= row["gather_share"] <= 1.0
+    decode = summary["parts"]["decode"]
+    assert 0 < decode["routed_expert_mb"] < decode["all_weights_mb"] and decode["gen_tok_per_s"] > 0
+    assert summary["parts"]["update"]["gflop_per_s"] > 0
 
 
 def test_rl_step_bench_times_whole_steps(tmp_path):
