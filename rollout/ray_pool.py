@@ -23,9 +23,9 @@ Hangs: a worker that stops answering without dying (a stopped process, a wedged 
 `step()` pings every live worker every `heartbeat_interval` s (`ping` runs in its own actor thread, so a long
 engine step or a worker blocked on the full queue still answers); one ping unanswered for `heartbeat_timeout` s
 fails the worker with `WorkerTimeout`, which kills the actor and replaces it as above, its requests reissued.
-Every other call the pool waits on has a deadline too (`rpc_timeout`: `configure`, `abort`, `update_weights`; a
-recovery's `configure` answers within `restart_timeout`), and an expired one fails that worker with a
-`WorkerTimeout` naming the worker and the call.
+Every other call the pool waits on has a deadline too (`rpc_timeout`: `configure`, including a recovery's,
+`abort`, `update_weights`), and an expired one fails that worker with a `WorkerTimeout` naming the worker and the
+call.
 
 The queue is an actor too. If it dies, the pool starts a new one and moves every worker to a new attempt on it
 (`configure`: the engine is kept, its work dropped), reissuing every request not yet accepted; whatever sat in the
@@ -98,6 +98,7 @@ class _Worker:
     alive: bool = False
     loop: ray.ObjectRef | None = None  # the running `run` call; resolves only if the worker fails
     recovering: ray.ObjectRef | None = None  # `configure` of a new attempt, in flight
+    recovering_by: float = 0.0  # when that `configure` must have answered (rpc_timeout)
     retry_at: float = 0.0  # when to send `configure` again (Ray refuses calls while it restarts the actor)
     give_up_at: float = 0.0  # the restart is taking too long: replace the actor
     failures: int = 0
@@ -125,12 +126,12 @@ class RayEnginePool:
         if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
             raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
                              f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
-        self._owns_ray = start_ray(address)
-        self.max_restarts, self.poll_timeout, self.abort_timeout = max_restarts, poll_timeout, abort_timeout
-        self.restart_timeout = restart_timeout
         if not 0 < heartbeat_interval < heartbeat_timeout or rpc_timeout <= 0:
             raise ValueError(f"heartbeat_interval={heartbeat_interval} must be > 0 and below heartbeat_timeout="
                              f"{heartbeat_timeout}; rpc_timeout={rpc_timeout} must be > 0")
+        self._owns_ray = start_ray(address)
+        self.max_restarts, self.poll_timeout, self.abort_timeout = max_restarts, poll_timeout, abort_timeout
+        self.restart_timeout = restart_timeout
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.rpc_timeout = rpc_timeout
         self._options = dict(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0,
@@ -378,13 +379,14 @@ class RayEnginePool:
         self._heartbeats()
         now = time.monotonic()
         for k, w in enumerate(self._workers):
-            if not w.alive and w.recovering is not None and now > w.give_up_at:
-                self._failed(k, WorkerTimeout(f"worker {k} (attempt {w.attempt}): configure of its recovery did "
-                                              f"not answer in {self.restart_timeout} s (restart_timeout)"))
+            if not w.alive and w.recovering is not None and now > w.recovering_by:
+                self._failed(k, WorkerTimeout(f"worker {k} (attempt {w.attempt}): configure did not answer in "
+                                              f"{self.rpc_timeout} s"))
         for w in self._workers:
             if not w.alive and w.recovering is None and now >= w.retry_at:
                 w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue, self._weights_ref,
                                                          self.version)
+                w.recovering_by = now + self.rpc_timeout
         pending = {(w.loop if w.alive else w.recovering): k for k, w in enumerate(self._workers)}
         pending.pop(None, None)
         if not pending:
