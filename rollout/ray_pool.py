@@ -336,6 +336,14 @@ class RayEnginePool:
             return
         self._accept_all(items)
 
+    def _reissue(self, held_by) -> None:
+        """Every pending request whose worker index satisfies `held_by` goes back to the backlog on a new ticket."""
+        for t, tk in list(self._tickets.items()):
+            if held_by(tk.worker):
+                del self._tickets[t]
+                self._new_ticket(tk.request)
+                self.stats["reissued"] += 1
+
     def _queue_lost(self, why: str) -> None:
         """The queue actor died: a new queue, every worker to a new attempt on it, every pending request reissued."""
         self.stats["queues_lost"] += 1
@@ -347,11 +355,7 @@ class RayEnginePool:
             raise self._error
         ray.kill(self._queue.actor, no_restart=True)
         self._queue = Queue(maxsize=self._queue_size, actor_options={"num_cpus": 0})
-        for t, tk in list(self._tickets.items()):
-            if tk.worker != _BACKLOG:
-                del self._tickets[t]
-                self._new_ticket(tk.request)
-                self.stats["reissued"] += 1
+        self._reissue(lambda worker: worker != _BACKLOG)
         now = time.monotonic()
         for w in self._workers:
             if w.alive or w.recovering is not None:  # a worker waiting for its retry keeps waiting
@@ -438,11 +442,7 @@ class RayEnginePool:
         log.warning("worker %d (attempt %d) failed: %s: %s", k, w.attempt, type(error).__name__, error)
         if was_alive:
             self._collect(0.0)  # keep what it finished before dying
-        for t, tk in list(self._tickets.items()):
-            if tk.worker == k:
-                del self._tickets[t]
-                self._new_ticket(tk.request)
-                self.stats["reissued"] += 1
+        self._reissue(lambda worker: worker == k)
         if w.failures > self.max_restarts:
             self._error = WorkerPoolError(f"worker {k} failed {w.failures} times (max_restarts={self.max_restarts}); "
                                           f"last error: {type(error).__name__}: {error}")
