@@ -48,7 +48,7 @@ from ringjax.model import abstract_model, count_params, create_model, init_cache
 from rollout.jax_engine import _bucket, _prefill_jit
 from _summary import emit_summary
 from engine_bench import bench_jax_engine
-from gpu_suite import logprob_memory_row, logprob_temp_bytes
+from gpu_suite import _mib, logprob_memory_row, logprob_temp_bytes
 from train_bench import time_steps
 
 SIZES = {
@@ -97,7 +97,7 @@ def prefill_temp_mib(model, batch: int, prompt_len: int, max_context: int) -> fl
     cache = jax.eval_shape(lambda: init_cache(model.config, batch, max_context))
     tokens = jax.ShapeDtypeStruct((batch, _bucket(prompt_len - 1, 16)), jnp.int32)
     compiled = _prefill_jit.lower(graphdef, state, cache, tokens, jax.ShapeDtypeStruct((batch,), jnp.int32)).compile()
-    return round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)
+    return _mib(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def context_point(model, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
@@ -147,7 +147,7 @@ def curves(size: dict, emit) -> None:
         args = (s["lp_rows"], s["lp_seq"], base.hidden_size, v, "float32", s["lp_chunk"])
         tokens_only = logprob_temp_bytes(*args, None)
         emit("logprob_memory", {**logprob_memory_row(*args, s["lp_vocab_chunk"]),
-                                "token_chunked_temp_mib": round(tokens_only / 2**20, 3)})
+                                "token_chunked_temp_mib": _mib(tokens_only)})
 
 
 def growth(points: list[dict], x: str, y: str) -> dict:

@@ -2,16 +2,16 @@
 
     PYTHONPATH=. python3 benchmarks/profile_gaps.py [--size full|toy] [--out FILE]
 
-About 3 minutes on 2 CPU cores at `--size full`, seconds at `--size toy` (the test suite runs it). Two parts, each
-one JSON line, then {"summary": ...}:
-- `decode`: the embedded engine (`JaxEngine`, `--decode-preset`, float32, batch `--batch`, `--prompt-len` prompt +
-  `--new-tokens` new tokens, `decode_chunk` 32) traced over one `run_to_completion` after a warm-up: the top ops by
+About a minute on 2 CPU cores at `--size full`, seconds at `--size toy` (the test suite runs it). Sizes are set in
+`SIZES`. Two parts (`--skip` leaves one out), each one JSON line, then {"summary": ...}:
+- `decode`: the embedded engine (`JaxEngine` on `decode_preset`, float32; full: bench-100m, batch 8, a 64-token
+  prompt + 128 new tokens, `decode_chunk` 32) traced over one `run_to_completion` after a warm-up: the top ops by
   time and their share, the share of every op whose name holds "gather" (the MoE `gather` kernel copies each
   tile's expert matrix before its matmul; the embedding lookup and routing gathers are small beside it), and the
   bytes a decode step must read: every routed expert's float32 matrices against all weights.
-- `update`: one train step of `benchmarks/train_bench.py` (`--update-preset`, `--seqs` x `--seq-len`, micro-batches
-  of `--rows` rows) traced after a compiling one: the top ops, the share of the top 1 and of the top 25 (how flat
-  the profile is), and the step's active-parameter FLOPs (6 x active x tokens) over its time.
+- `update`: one train step of `benchmarks/train_bench.py` (`update_preset`; full: bench-tiny, 16 x 256 tokens in
+  micro-batches of 4 rows) traced after a compiling one: the top ops, the share of the top 1 and of the top 25
+  (how flat the profile is), and the step's active-parameter FLOPs (6 x active x tokens) over its time.
 Device time per op name comes from the Perfetto trace (`gpu_suite._trace_ops`), kept to XLA's own ops (HLO names
 such as `gather_bitcast_fusion.2` or `ynn_fusion.9`): host-side events (`np.asarray(...)`, `ArrayImpl....`) and
 control-flow containers (`while`, `conditional`, `call`, whose time holds their bodies') are left out, and the
@@ -59,16 +59,11 @@ def traced(fn) -> tuple[float, list[dict]]:
         return seconds, _trace_ops(tmp, 10_000)
 
 
-def hlo_ops(ops: list[dict]) -> list[dict]:
-    """XLA's own ops (see the module docstring), shares of their total."""
-    kept = [o for o in ops if HLO.fullmatch(o["op"]) and o["op"].split(".")[0] not in CONTAINERS]
-    total = sum(o["ms"] for o in kept) or 1.0
-    return [{**o, "share": round(o["ms"] / total, 4)} for o in kept]
-
-
 def shares(ops: list[dict], top: int) -> dict:
-    ops = hlo_ops(ops)
+    """XLA's own ops (see the module docstring), each with its share of their total."""
+    ops = [o for o in ops if HLO.fullmatch(o["op"]) and o["op"].split(".")[0] not in CONTAINERS]
     total = sum(o["ms"] for o in ops) or 1.0
+    ops = [{**o, "share": round(o["ms"] / total, 4)} for o in ops]
     gather = sum(o["ms"] for o in ops if "gather" in o["op"])
     return {"traced_ms": round(total, 1), "top1_share": ops[0]["share"] if ops else 0.0,
             f"top{top}_share": round(sum(o["share"] for o in ops[:top]), 4),
