@@ -29,8 +29,9 @@ from flax import nnx
 
 from ringjax.model.kv_cache import init_cache
 from ringjax.model.model import Ling
-from ringjax.typing import Array, Bool, Float, Int
 from ringjax.sampling import sample_rows
+from ringjax.sharding import rows_over_context
+from ringjax.typing import Array, Bool, Float, Int
 
 
 class GenerateOutput(NamedTuple):
@@ -148,10 +149,11 @@ def generate(model: Ling, prompts: Int[Array, "B P"], prompt_lens: Int[Array, " 
     sampling = Sampling(temperature, top_p, eos_id, pad_id)
     b, p = prompts.shape
     graphdef, state = nnx.split(model)
-    cache = init_cache(model.config, b, p + max_new_tokens)
     prompts, prompt_lens = jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32)
-    logits, cache = prefill(graphdef, state, cache, prompts, prompt_lens)
-    return decode(graphdef, state, cache, logits, prompt_lens, rng, max_new_tokens, sampling)[0]
+    with rows_over_context():  # on a mesh with a context axis, rows split over it (one token per row a step)
+        cache = init_cache(model.config, b, p + max_new_tokens)
+        logits, cache = prefill(graphdef, state, cache, prompts, prompt_lens)
+        return decode(graphdef, state, cache, logits, prompt_lens, rng, max_new_tokens, sampling)[0]
 
 
 def greedy(model: Ling, prompts: Int[Array, "B P"], prompt_lens: Int[Array, " B"], max_new_tokens: int, *,

@@ -4,8 +4,10 @@ Nothing is allocated and no devices are needed: the model is built with `abstrac
 variables are laid out by the project's own rules, `ringjax.sharding.state_shardings` on a
 `jax.sharding.AbstractMesh`, so a mesh that does not divide a parameter fails with the same error as
 `create_model`. Parameter, gradient and optimizer sizes are exact per-device shard sizes; activations and the
-log-prob working set are estimates (`activation_bytes`, `logits_bytes`). `plan_pipeline` plans every training
-phase of a pipeline config (SFT and each RL stage) with its micro-batch shape and rollout KV cache.
+log-prob working set are estimates (`activation_bytes`, `logits_bytes`). With a `context` axis a device holds
+1/context of each of its rows' tokens, plus the keys and values of whole rows that attention gathers.
+`plan_pipeline` plans every training phase of a pipeline config (SFT and each RL stage) with its micro-batch shape
+and rollout KV cache.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flax import nnx
 
 from ringjax.model import LingConfig, abstract_model, count_params
 from ringjax.model.logprobs import vocab_blocks
-from ringjax.sharding import MESH_AXES, batch_shards, resolve_mesh_sizes, state_shardings
+from ringjax.sharding import MESH_AXES, batch_shards, check_context, resolve_mesh_sizes, state_shardings
 from ringjax.trainer.state import split_model
 
 if TYPE_CHECKING:
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_SIZES = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "logits_bytes", "kv_cache_bytes",
-          "total_bytes", "device_memory_bytes")
+_SIZES = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "attention_bytes", "logits_bytes",
+          "kv_cache_bytes", "total_bytes", "device_memory_bytes")
 _STACKS = ("dense_layers", "moe_layers")
 
 
@@ -45,6 +47,7 @@ class MemoryPlan:
     grad_bytes: int  # float32 accumulator of the trainable params
     optimizer_bytes: int  # AdamW mu + nu of the trainable params
     activation_bytes: int
+    attention_bytes: int  # one attention block's scores (or mask), the largest transient of a layer
     logits_bytes: int
     kv_cache_bytes: int  # rollout engine KV cache when it shares the trainer's devices (0: engine elsewhere)
     total_bytes: int
@@ -70,6 +73,7 @@ class MemoryPlan:
                  f"params: {_count(self.params_total)} total, {_count(self.params_active)} active"]
         for label, key in (("parameters", "param_bytes"), ("gradients", "grad_bytes"),
                            ("optimizer", "optimizer_bytes"), ("activations (est.)", "activation_bytes"),
+                           ("attention (est.)", "attention_bytes"),
                            ("log-probs (est.)", "logits_bytes"), ("rollout KV cache", "kv_cache_bytes"),
                            ("total", "total_bytes")):
             lines.append(f"{label + ':':<20}{getattr(self, key) / GiB:10.2f} GiB")
@@ -89,7 +93,7 @@ def _count(n: int) -> str:
 
 
 def mesh_sizes(mesh: Mapping[str, int]) -> dict[str, int]:
-    """All four mesh axes (missing ones 1); ValueError for an unknown axis or a non-positive size."""
+    """All five mesh axes (missing ones 1); ValueError for an unknown axis or a non-positive size."""
     unknown = sorted(set(mesh) - set(MESH_AXES))
     if unknown:
         raise ValueError(f"unknown mesh axis name(s) {unknown}; expected {MESH_AXES}")
@@ -127,8 +131,11 @@ def _shards(state: nnx.State, mesh: jax.sharding.AbstractMesh) -> list[_Shard]:
     return out
 
 
-def activation_bytes(cfg: LingConfig, tokens: int, tensor: int, layer_weights: int) -> int:
+def activation_bytes(cfg: LingConfig, tokens: int, tensor: int, layer_weights: int, row_tokens: int = 0) -> int:
     """Estimated bytes of one micro-batch's forward + backward activations on one device (not a measurement).
+
+    `tokens`: the device's own tokens (rows per device x seq_len / context). `row_tokens`: with context
+    parallelism (context > 1), the whole rows' tokens of those rows (rows per device x seq_len); 0 without.
 
     Per token and decoder layer, with h = hidden_size, t = tensor size, b = bytes of compute.dtype:
     - remat "none": (10 + 24 / t) * h * b / 2 (Korthikanti et al. 2022, "Reducing activation recomputation",
@@ -139,6 +146,11 @@ def activation_bytes(cfg: LingConfig, tokens: int, tensor: int, layer_weights: i
     - "dots", "dots_no_batch": the mean of the two.
     Plus the working set of one layer's backward: its "none" activations when rematerialised, and its weights
     gathered over fsdp (`layer_weights` elements per device) in compute.dtype, twice (weights and gradients).
+    With context parallelism, attention all-gathers one layer's keys and values of the whole row: with
+    g = ceil(num_key_value_heads / t), 2 * row_tokens * g * head_dim * b bytes, held twice in that layer's backward
+    (with their gradients). Under remat "none" every layer keeps its gathered K/V for the backward ("dots": half
+    of that, as above). The device's own share of K/V is then counted twice (in the per-token terms too): a small
+    over-estimate, by 1/context of the gathered set.
     """
     b = DTYPE_BYTES[cfg.compute.dtype]
     dense = (10 + 24 / tensor) * cfg.hidden_size * b / 2
@@ -147,7 +159,25 @@ def activation_bytes(cfg: LingConfig, tokens: int, tensor: int, layer_weights: i
     full = cfg.num_hidden_layers * cfg.hidden_size * b
     saved = {"none": none, "full": full}.get(cfg.compute.remat, (none + full) / 2)
     recompute = 0.0 if cfg.compute.remat == "none" else (moe if cfg.num_moe_layers else dense)
-    return math.ceil(tokens * (saved + recompute) + 2 * layer_weights * b)
+    kv = 2 * row_tokens * -(-cfg.num_key_value_heads // tensor) * cfg.head_dim * b  # one layer's gathered K and V
+    kv_saved = {"none": cfg.num_hidden_layers * kv, "full": 0}.get(cfg.compute.remat, cfg.num_hidden_layers * kv / 2)
+    return math.ceil(tokens * (saved + recompute) + kv_saved + 2 * kv + 2 * layer_weights * b)
+
+
+def attention_bytes(cfg: LingConfig, rows: int, local: int, seq_len: int, tensor: int) -> int:
+    """Estimated bytes of one attention block's working set on one device (not a measurement): the largest
+    transient of a layer's forward or rematerialised backward, sized by the whole row, not the device's share.
+
+    Queries run in blocks of q = min(compute.attention_chunk, local) against all `seq_len` keys of the row
+    (`local`: the device's share of a row, seq_len / context). `xla` / `reference` hold the [rows, heads / t, q,
+    seq_len] float32 scores three times (scores, probabilities, their gradient) plus the [rows, q, seq_len] boolean
+    mask; a long row needs a small `compute.attention_chunk`. `cudnn` never builds the scores and takes the whole
+    share at once: only its [rows, local, seq_len] mask (1 byte each)."""
+    heads = -(-cfg.num_attention_heads // tensor)
+    if cfg.compute.attention == "cudnn":
+        return rows * local * seq_len
+    q = min(cfg.compute.attention_chunk, local)
+    return rows * q * seq_len * (3 * heads * 4 + 1)
 
 
 def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, seq_len: int,
@@ -157,8 +187,10 @@ def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, se
 
     `device_memory_gb` is the per-device capacity in GiB (2**30 bytes); the plan fits when the total is at most
     `headroom` of it. Not counted: the per-micro-batch gradient before it is added to the float32 accumulator,
-    XLA temporaries and fragmentation. `kv_slots` x `kv_context`: the embedded rollout engine's KV cache when it
-    runs on the same devices (rows sharded over the batch axes, KV heads over `tensor`, compute dtype).
+    XLA temporaries and fragmentation. A `context` axis splits every row's tokens (`seq_len` must be divisible by
+    it; rows split over the batch axes only). `kv_slots` x `kv_context`: the embedded rollout engine's KV cache
+    when it runs on the same devices (slots sharded over the batch axes and `context`, the cache sequence not
+    split, KV heads over `tensor`, compute dtype).
     """
     sizes = mesh_sizes(mesh)
     for name, value in (("rows", rows), ("seq_len", seq_len)):
@@ -171,35 +203,43 @@ def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, se
     if device_memory_gb is not None and not device_memory_gb > 0:
         raise ValueError(f"device_memory_gb={device_memory_gb} must be positive")
     abstract_mesh = jax.sharding.AbstractMesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+    check_context(abstract_mesh, {"seq_len": seq_len})
     _, trainable, frozen = split_model(abstract_model(model_cfg))
     train_shards, frozen_shards = _shards(trainable, abstract_mesh), _shards(frozen, abstract_mesh)
     param = sum(s.size * s.itemsize for s in train_shards + frozen_shards)
     n_train = sum(s.size for s in train_shards)
     grad, optimizer = 4 * n_train, 2 * DTYPE_BYTES[optimizer_dtype] * n_train
-    # One layer's weights as the forward sees them: gathered over fsdp, still split over expert / tensor.
+    # One layer's weights as the forward sees them: gathered over fsdp and context, still split over expert / tensor.
     per_stack = {k: 0 for k in _STACKS}
     for s in train_shards:
         stack = s.name.split("/")[0]
         if stack in per_stack:
-            gathered = any(p == "fsdp" or (isinstance(p, tuple) and "fsdp" in p) for p in s.spec)
-            per_stack[stack] += s.size * (sizes["fsdp"] if gathered else 1) // s.shape[0]
+            parts = [a for p in s.spec for a in ((p,) if isinstance(p, str) else (p or ()))]
+            gathered = math.prod(sizes[a] for a in parts if a in ("fsdp", "context"))
+            per_stack[stack] += s.size * gathered // s.shape[0]
     rows_per_device = -(-rows // batch_shards(abstract_mesh))
-    tensor = sizes["tensor"]
-    act = activation_bytes(model_cfg, rows_per_device * seq_len, tensor, max(per_stack.values()))
-    chunk = min(model_cfg.compute.logprob_chunk, max(seq_len - 1, 1))
+    tensor, context = sizes["tensor"], sizes["context"]
+    local = seq_len // context  # each device's share of a row's tokens
+    act = activation_bytes(model_cfg, rows_per_device * local, tensor, max(per_stack.values()),
+                           row_tokens=rows_per_device * seq_len if context > 1 else 0)
+    attention = attention_bytes(model_cfg, rows_per_device, local, seq_len, tensor)
+    # With context > 1 each device chunks its own share of a row (all of it: no last token dropped).
+    chunk = min(model_cfg.compute.logprob_chunk, local if context > 1 else max(seq_len - 1, 1))
     # One token chunk's logits against one vocabulary block (`token_logprobs`), the block split over tensor.
     _, block, _ = vocab_blocks(model_cfg.vocab_size, model_cfg.compute.logprob_vocab_chunk)
     logits = rows_per_device * chunk * -(-block // tensor) * 4 * 2
     kv_heads = -(-model_cfg.num_key_value_heads // tensor)
-    kv = (-(-kv_slots // batch_shards(abstract_mesh)) * kv_context * model_cfg.num_hidden_layers * 2 * kv_heads
-          * model_cfg.head_dim * DTYPE_BYTES[model_cfg.compute.dtype])
-    total = param + grad + optimizer + act + logits + kv
+    slots_per_device = -(-kv_slots // batch_shards(abstract_mesh, rows_over_context=True))
+    kv = (slots_per_device * kv_context * model_cfg.num_hidden_layers * 2 * kv_heads * model_cfg.head_dim
+          * DTYPE_BYTES[model_cfg.compute.dtype])
+    total = param + grad + optimizer + act + attention + logits + kv
     capacity = None if device_memory_gb is None else int(device_memory_gb * GiB)
     largest = sorted(train_shards + frozen_shards, key=lambda s: -s.size * s.itemsize)[:5]
     count = count_params(model_cfg)
     return MemoryPlan(
         mesh=sizes, devices=math.prod(sizes.values()), params_total=count.total, params_active=count.active,
-        param_bytes=param, grad_bytes=grad, optimizer_bytes=optimizer, activation_bytes=act, logits_bytes=logits,
+        param_bytes=param, grad_bytes=grad, optimizer_bytes=optimizer, activation_bytes=act,
+        attention_bytes=attention, logits_bytes=logits,
         kv_cache_bytes=kv,
         total_bytes=total, device_memory_bytes=capacity,
         fits=None if capacity is None else total <= headroom * capacity,

@@ -2,14 +2,20 @@
 
 Every parameter carries logical axis names in its `axes` metadata; activations are constrained with
 `constrain(x, axes)`. `RULES` maps each logical name to mesh axes (MaxText's `logical_axis_rules`, kept
-to one small table). The mesh always has the four axes (data, fsdp, expert, tensor); unused ones have
-size 1. Multi-host: call `initialize_distributed()` before building the mesh and `jax.devices()` spans
+to one small table). The mesh always has the five axes (data, fsdp, context, expert, tensor); unused ones
+have size 1. Multi-host: call `initialize_distributed()` before building the mesh and `jax.devices()` spans
 every process.
+
+Context parallelism: `context` splits a row's tokens (logical `seq`) across devices. Attention gathers the
+keys and values of the whole row (`ringjax.model.attention`), every other op works token by token. The rollout
+engine decodes one token per row at a time, so it traces inside `use_mesh(mesh, rows_over_context=True)`: there
+the context axis splits its rows instead (logical `batch` takes it, `seq` is not split).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 from collections.abc import Sequence
@@ -19,15 +25,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")
 
-# logical name -> mesh axes (None: replicated). Parameters shard their `embed` dimension over fsdp
-# (ZeRO-3 style), experts over `expert`, and heads / MLP width / vocabulary over `tensor`.
+# logical name -> mesh axes (None: replicated). Parameters shard their `embed` dimension over fsdp and
+# context (ZeRO-3 style: the context devices hold different tokens, so they can share the weights' storage as
+# fsdp devices do), experts over `expert`, and heads / MLP width / vocabulary over `tensor`.
 RULES: dict[str, tuple[str, ...] | None] = {
     # activations
     "batch": BATCH_AXES,
-    "seq": None,
+    "seq": ("context",),
     "act_embed": None,
     "act_heads": ("tensor",),
     "act_kv_heads": ("tensor",),
@@ -36,7 +43,7 @@ RULES: dict[str, tuple[str, ...] | None] = {
     # parameters
     "layers": None,
     "vocab": ("tensor",),
-    "embed": ("fsdp",),
+    "embed": ("fsdp", "context"),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": None,
@@ -49,11 +56,35 @@ RULES: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, expert: int = 1, tensor: int = 1,
+_ROWS_OVER_CONTEXT = contextvars.ContextVar("rows_over_context", default=False)
+
+
+@contextlib.contextmanager
+def rows_over_context():
+    """Inside (at trace time): logical `batch` is split over the context axis too and `seq` is not split. Decoding
+    (the rollout engine, `ringjax.generate`) traces in it: its rows split over every device, each decoding its own
+    rows' tokens."""
+    token = _ROWS_OVER_CONTEXT.set(True)
+    try:
+        yield
+    finally:
+        _ROWS_OVER_CONTEXT.reset(token)
+
+
+def _rule(name: str) -> tuple[str, ...]:
+    if name not in RULES:
+        raise KeyError(f"logical axis {name!r} has no entry in ringjax.sharding.RULES")
+    if _ROWS_OVER_CONTEXT.get() and name in ("batch", "seq"):
+        return BATCH_AXES + ("context",) if name == "batch" else ()
+    return RULES[name] or ()
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, expert: int = 1, tensor: int = 1, context: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a (data, fsdp, expert, tensor) mesh; one size may be -1 to take the remaining devices."""
+    """Builds a (data, fsdp, context, expert, tensor) mesh; one size may be -1 to take the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = resolve_mesh_sizes({"data": data, "fsdp": fsdp, "expert": expert, "tensor": tensor}, len(devices))
+    sizes = resolve_mesh_sizes({"data": data, "fsdp": fsdp, "context": context, "expert": expert,
+                                "tensor": tensor}, len(devices))
     grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
     return Mesh(grid, MESH_AXES)
 
@@ -76,24 +107,53 @@ def resolve_mesh_sizes(sizes: dict[str, int], devices: int) -> dict[str, int]:
     return sizes
 
 
-def use_mesh(mesh: Mesh | None):
-    """`jax.set_mesh(mesh)`, or a no-op context when `mesh` is None (single device)."""
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None, rows_over_context: bool = False):
+    """`jax.set_mesh(mesh)` (nothing when `mesh` is None: single device); with `rows_over_context`, inside
+    a layout where the context axis splits rows, not tokens (the rollout engine)."""
+    with contextlib.ExitStack() as stack:
+        if mesh is not None:
+            stack.enter_context(jax.set_mesh(mesh))
+            if rows_over_context:
+                stack.enter_context(rows_over_context())
+        yield
 
 
-def batch_shards(mesh: Mesh) -> int:
-    """How many ways activations split their batch (rows) on `mesh`: the product of the BATCH_AXES sizes."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+def batch_shards(mesh: Mesh, rows_over_context: bool = False) -> int:
+    """How many ways activations split their batch (rows) on `mesh`: the product of the BATCH_AXES sizes (and
+    the context size for the rollout engine, see `rows_over_context`)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES + (("context",) if rows_over_context else ()))
 
 
-def check_rows(mesh: Mesh | None, rows: dict[str, int]) -> None:
-    """ValueError naming the first `{config name: row count}` that the mesh's batch axes do not divide."""
+def context_size(mesh: Mesh | jax.sharding.AbstractMesh | None) -> int:
+    """How many ways a row's tokens are split (1 without a mesh)."""
+    return 1 if mesh is None or "context" not in mesh.shape else mesh.shape["context"]
+
+
+def tokens_split(mesh: Mesh | jax.sharding.AbstractMesh | None) -> bool:
+    """Whether activations traced now split a row's tokens (logical `seq`) over the context axis."""
+    return mesh is not None and logical_to_spec(("seq",), mesh)[0] is not None
+
+
+def check_context(mesh: Mesh | None, lengths: dict[str, int]) -> None:
+    """ValueError naming the first `{config name: row length}` that the mesh's context axis does not divide."""
+    ways = context_size(mesh)
+    for name, n in lengths.items():
+        if n % ways:
+            raise ValueError(f"{name}={n} is not divisible by the mesh context axis (size {ways}): each of its "
+                             f"devices holds an equal share of a row's tokens")
+
+
+def check_rows(mesh: Mesh | None, rows: dict[str, int], rows_over_context: bool = False) -> None:
+    """ValueError naming the first `{config name: row count}` that the mesh's batch axes (and with
+    `rows_over_context` its context axis: the rollout engine's rows) do not divide."""
     if mesh is None:
         return
-    ways = batch_shards(mesh)
+    ways = batch_shards(mesh, rows_over_context)
+    axes = BATCH_AXES + (("context",) if rows_over_context else ())
     for name, n in rows.items():
         if n % ways:
-            raise ValueError(f"{name}={n} is not divisible by the mesh batch axes {BATCH_AXES} (size {ways})")
+            raise ValueError(f"{name}={n} is not divisible by the mesh axes {axes} (size {ways})")
 
 
 def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None) -> PartitionSpec:
@@ -104,9 +164,7 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None) -> Par
         if name is None:
             spec.append(None)
             continue
-        if name not in RULES:
-            raise KeyError(f"logical axis {name!r} has no entry in ringjax.sharding.RULES")
-        mesh_axes = [a for a in (RULES[name] or ()) if a not in used and (mesh is None or mesh.shape[a] > 1)]
+        mesh_axes = [a for a in _rule(name) if a not in used and (mesh is None or mesh.shape[a] > 1)]
         used.update(mesh_axes)
         spec.append(tuple(mesh_axes) if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None))
     return PartitionSpec(*spec)

@@ -143,9 +143,10 @@ class JaxEngine:
         if zero_mismatch_rows < 0:
             raise ValueError(f"zero_mismatch_rows={zero_mismatch_rows} must be >= 0")
         self.zero_mismatch, self.zero_mismatch_rows = zero_mismatch, zero_mismatch_rows or slots
-        shards = batch_shards(mesh) if mesh is not None else 1
+        shards = batch_shards(mesh, rows_over_context=True) if mesh is not None else 1
         if slots % shards:
-            raise ValueError(f"slots={slots} is not divisible by the mesh's {shards} batch shards")
+            raise ValueError(f"slots={slots} is not divisible by the mesh's {shards} batch shards (its batch axes "
+                             f"and context: the engine splits rows over both)")
         self.numerics = numerics or EngineNumerics()
         if zero_mismatch and not self.numerics.is_default:
             raise ValueError(f"zero_mismatch needs the trainer's numerics; rollout.numerics asks for "
@@ -161,7 +162,7 @@ class JaxEngine:
         self.version = version
         self._key = jax.random.key(seed)
         self._calls = 0
-        with use_mesh(mesh):
+        with use_mesh(mesh, rows_over_context=True):
             self._cache = init_cache(self.config, slots, max_context)
         self._queue: collections.deque[Request] = collections.deque()
         self._active: list[_Slot | None] = [None] * slots
@@ -272,7 +273,7 @@ class JaxEngine:
             for j, (slot, context) in enumerate(rows):
                 tokens[j, :len(context) - 1] = context[:-1]
                 slots[j] = slot
-            with use_mesh(self.mesh):
+            with use_mesh(self.mesh, rows_over_context=True):
                 self._cache, experts = _prefill_jit(self.graphdef, self.state, self._cache, jnp.asarray(tokens),
                                                     jnp.asarray(slots))
             experts = compact(jax.device_get(experts), self.config.num_experts)  # [K W L X]
@@ -295,7 +296,7 @@ class JaxEngine:
             stop[i, :len(sp.stop_ids)] = sp.stop_ids
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
-        with use_mesh(self.mesh):
+        with use_mesh(self.mesh, rows_over_context=True):
             if self.zero_mismatch:  # the trainer's full forward over the window each step; the cache is not read
                 contexts = [None if s is None else np.concatenate([s.request.prompt, s.request.generated, *s.tokens])
                             for s in self._active]

@@ -232,3 +232,19 @@ def test_engine_bench_targets_only_peers_measured_in_the_run():
     assert got["tiny/b8"]["decode_chunk"] == 32 and got["tiny/b8"]["jax_over_sglang"] == 2.5
     assert got["tiny/b32"]["best_peer"] == "tunix" and got["tiny/b32"]["passed"] is False
     assert got["tiny/b32"]["ratio_to_best_peer"] == 1.67
+
+
+def test_context_parallel_bench_compiles_every_point(tmp_path):
+    """Every (row length, context) point compiled on the 8 simulated devices; splitting a row over 2 devices lowers
+    the per-device memory of the same row."""
+    bench = _load("context_parallel_bench")
+    summary = bench.main(["--size", "toy", "--out", str(tmp_path / "cp.json")])
+    assert json.loads((tmp_path / "cp.json").read_text()) == summary
+    points = {(p["seq_len"], p["context"], p["attention_chunk"]): p for p in summary["points"]}
+    assert set(points) == {(n, c, q) for n in (64, 128) for c in (1, 2) for q in (512, 16)}
+    for seq_len in (64, 128):
+        one, two = points[seq_len, 1, 512], points[seq_len, 2, 512]
+        assert two["tokens_per_device"] * 2 == one["tokens_per_device"] == seq_len
+        assert 0 < two["temp_mib"] < one["temp_mib"]
+        ratio = summary["relative_to_context_1"][f"{seq_len}/512"]["2"]
+        assert ratio == round(two["temp_mib"] / one["temp_mib"], 3)

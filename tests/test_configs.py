@@ -65,10 +65,16 @@ def test_recipes_load_and_fit_by_plan(name):
     assert set(plans) == {"sft"} | {f"rl {s.name}" for s in cfg.stages}
     for phase, plan in plans.items():
         assert plan.fits is True, f"{name} {phase}:\n{plan.table()}"
-        assert plan.param_bytes * plan.devices < 1.5 * 2 * plan.params_total  # bf16 weights sharded, not replicated
+        # bf16 weights sharded, not replicated (but for the copies over data and context, which split the batch)
+        replicas = plan.mesh["data"] * plan.mesh["context"]
+        assert plan.param_bytes * plan.devices < 1.5 * 2 * plan.params_total * replicas
     for stage in cfg.stages:
-        rl = cfg.stage_rl(stage)
-        assert rl.loss.correction in ("icepop", "none") and rl.rows % plans[f"rl {stage.name}"].devices == 0
+        rl, mesh = cfg.stage_rl(stage), plans[f"rl {stage.name}"].mesh
+        shards = mesh["data"] * mesh["fsdp"] * mesh["expert"]
+        assert rl.loss.correction in ("icepop", "none") and rl.rows % shards == 0
+        assert rl.seq_len % mesh["context"] == 0
+        if rl.rollout.engine == "jax" and rl.rollout.workers == 0:  # the engine splits its slots over context too
+            assert (rl.rollout.slots or rl.omega) % (shards * mesh["context"]) == 0
 
 
 def test_ring_1t_recipes_are_ring_1t():
@@ -82,14 +88,26 @@ def test_ring_1t_recipes_are_ring_1t():
         assert (rl.optim.lr, rl.loss.alpha, rl.loss.beta, rl.samples_per_prompt) == (2e-6, 0.5, 5.0, 8)
 
 
-def test_the_full_ring_1t_length_does_not_fit_without_sequence_parallelism():
-    """The plan is not a rubber stamp: Ring-1T's 65,536-token responses need more activation memory than a chip has."""
+@pytest.mark.parametrize("name", ["ring_1t_tpu_pod.yaml", "ring_1t_gpu_sglang.yaml"])
+def test_ring_1t_recipes_train_full_length_responses_with_context_parallelism(name):
+    """Ring-1T's 65,536-token responses, whole: they fit because the context axis splits every row's tokens, and the
+    plan is not a rubber stamp: the same devices without context parallelism need more activation memory than a
+    device has."""
     from ringjax.pipeline.config import load_pipeline
     from ringjax.plan import plan_pipeline
 
-    cfg = load_pipeline(os.path.join(CONFIGS, "ring_1t_tpu_pod.yaml"), ["rl.max_new_tokens=65536", "rl.seq_len=69632"])
+    cfg = load_pipeline(os.path.join(CONFIGS, name))
+    rl = cfg.stage_rl(cfg.stages[0])
+    assert rl.max_new_tokens == 65536 and rl.seq_len >= rl.max_prompt_len + rl.max_new_tokens
+    assert cfg.mesh.context > 1 and rl.seq_len % cfg.mesh.context == 0
     plan = plan_pipeline(cfg)["rl reasoning"]
-    assert plan.fits is False and plan.activation_bytes > plan.device_memory_bytes
+    assert plan.fits is True and plan.mesh["context"] == cfg.mesh.context
+    ways = cfg.mesh.context
+    flat = load_pipeline(os.path.join(CONFIGS, name),
+                         ["mesh.context=1", f"mesh.fsdp={cfg.mesh.fsdp * ways}", f"rl.rows={rl.rows * ways}"])
+    flat_plan = plan_pipeline(flat)["rl reasoning"]
+    assert flat_plan.devices == plan.devices and flat_plan.mesh["context"] == 1
+    assert flat_plan.fits is False and flat_plan.activation_bytes > flat_plan.device_memory_bytes
 
 
 @pytest.mark.parametrize("argv, culprit", [
@@ -101,6 +119,8 @@ def test_the_full_ring_1t_length_does_not_fit_without_sequence_parallelism():
     (["train", os.path.join(CONFIGS, "ring_lite.yaml"), "out=run"], "data.prompts: data/ring_lite/math.jsonl"),
     (["sft", "data.synthetic.teacher_error_rate=2"], "teacher_error_rate=2"),
     (["plan", "mesh.tensor=0"], "mesh.tensor=0"),
+    (["train", "mesh.context=3"], "sft.train.seq_len=64 is not divisible by mesh.context=3"),
+    (["train", "mesh.context=2", "rl.seq_len=301"], "stages.math.rl.seq_len=301 is not divisible by mesh.context=2"),
     # a relative path that does not exist: named as typed and as resolved
     (["train", "data.source=files", "data.prompts=data/x.jsonl"], "data.prompts: data/x.jsonl (resolved to /"),
     (["train", "model.hf_path=~/no_such_ling"], "model.hf_path: ~/no_such_ling (resolved to /"),

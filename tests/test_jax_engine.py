@@ -173,3 +173,21 @@ def test_sharded_engine_matches_unsharded():
                   [got[f"r{i}"].logprobs for i in range(len(prompts))])
     with pytest.raises(ValueError, match="slots=3"):
         JaxEngine(sharded, slots=3, max_context=64, mesh=mesh)
+
+
+def test_engine_on_a_context_mesh_splits_rows_and_matches_unsharded():
+    """On a trainer mesh with a context axis the engine decodes whole rows, split over fsdp x context (one token
+    per row and step cannot be split), so its slots must divide both."""
+    cfg = ringjax.preset("tiny-v2")
+    prompts = _prompts(cfg.vocab_size, [7, 3, 5, 1, 6, 2, 4, 7, 3], seed=9)
+    mesh = ringjax.make_mesh(fsdp=2, context=4)
+    with jax.set_mesh(mesh):
+        sharded = ringjax.create_model(cfg, mesh, seed=0)
+    engine = JaxEngine(sharded, slots=8, max_context=64, mesh=mesh)
+    got = run_to_completion(engine, _greedy_requests(prompts))
+    assert engine._cache["dense"]["k"].sharding.spec[1] == ("fsdp", "context")  # [L, B, K, G, D]: rows split
+    assert_greedy(ringjax.create_model(cfg, seed=0), prompts, [got[f"r{i}"].tokens for i in range(len(prompts))],
+                  [got[f"r{i}"].logprobs for i in range(len(prompts))])
+    with pytest.raises(ValueError, match=r"slots=4 is not divisible by the mesh's 8 batch shards \(its batch axes "
+                                         r"and context"):
+        JaxEngine(sharded, slots=4, max_context=64, mesh=mesh)

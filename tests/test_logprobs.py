@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import ringjax
 import ringjax.model.model as model_module
 import ringjax.trainer.step as step_module
-from ringjax.model.logprobs import token_logprobs, vocab_blocks
+from ringjax.model.logprobs import next_token_logprobs, token_logprobs, vocab_blocks
 
 TOL = 1e-5  # float32, matmul precision "highest" (conftest)
 
@@ -117,16 +117,16 @@ def test_bfloat16_inputs():
 
 
 def test_model_and_trainer_pass_the_configs_vocab_chunk(monkeypatch):
-    """`Ling.token_logprobs` and the train step's forward call `token_logprobs` with `compute.logprob_vocab_chunk`
-    (traced on abstract shapes only)."""
+    """`Ling.token_logprobs` and the train step's forward call `next_token_logprobs` with
+    `compute.logprob_vocab_chunk` (traced on abstract shapes only)."""
     seen = []
 
     def spy(*args):
         seen.append(args[3:])
-        return token_logprobs(*args)
+        return next_token_logprobs(*args)
 
-    monkeypatch.setattr(model_module, "token_logprobs", spy)
-    monkeypatch.setattr(step_module, "token_logprobs", spy)
+    monkeypatch.setattr(model_module, "next_token_logprobs", spy)
+    monkeypatch.setattr(step_module, "next_token_logprobs", spy)
     cfg = ringjax.preset("tiny-v2", compute={"logprob_chunk": 5, "logprob_vocab_chunk": 100})
     graphdef, state = nnx.split(ringjax.abstract_model(cfg))
     tokens = jax.ShapeDtypeStruct((2, 12), jnp.int32)

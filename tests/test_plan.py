@@ -67,8 +67,10 @@ def test_ring_1t_on_4096_devices():
     assert time.perf_counter() - start < 10
     count = ringjax.count_params(cfg)
     assert (plan.params_total, plan.params_active) == (count.total, count.active)
-    assert plan.devices == 4096 and plan.mesh == {"data": 1, "fsdp": 256, "expert": 16, "tensor": 1}
-    parts = [plan.param_bytes, plan.grad_bytes, plan.optimizer_bytes, plan.activation_bytes, plan.logits_bytes]
+    assert plan.devices == 4096 and plan.mesh == {"data": 1, "fsdp": 256, "context": 1, "expert": 16,
+                                                         "tensor": 1}
+    parts = [plan.param_bytes, plan.grad_bytes, plan.optimizer_bytes, plan.activation_bytes, plan.attention_bytes,
+             plan.logits_bytes]
     assert all(p > 0 for p in parts) and plan.total_bytes == sum(parts)
     # Expert weights split 4096 ways, the rest 256 ways (fsdp only); frozen MTP adds ~1.5%.
     assert count.total * 2 / 4096 < plan.param_bytes < count.total * 1.05 * 2 / 256
@@ -94,6 +96,61 @@ def test_activation_estimate_orders_remat_policies_and_scales_with_batch_shards(
     assert plan_memory(cfg, {"fsdp": 8}, rows=1, seq_len=2048).activation_bytes == one_row.activation_bytes
 
 
+def test_context_parallelism_halves_the_token_part_and_counts_the_gathered_kv():
+    """context=2 holds half of each row's tokens (same rows per device), plus one layer's K/V of the whole rows."""
+    cfg = ringjax.preset("ling-mini-2.0", compute=dict(dtype="bfloat16", remat="full"))
+    seq = 8192
+    whole = plan_memory(cfg, {"fsdp": 8}, rows=16, seq_len=seq)
+    half = plan_memory(cfg, {"fsdp": 8}, rows=16, seq_len=seq // 2)
+    split = plan_memory(cfg, {"fsdp": 8, "context": 2}, rows=16, seq_len=seq)
+    assert split.devices == 16 and split.mesh["context"] == 2
+    # The token part is linear in the tokens, the rest (one layer's gathered weights) the same in all three plans.
+    weights = 2 * half.activation_bytes - whole.activation_bytes
+    assert 0 < weights < half.activation_bytes
+    # Keys and values of two whole rows per device (16 rows / 8 batch shards), bf16, held with their gradients.
+    kv = 2 * (2 * 2 * seq * cfg.num_key_value_heads * cfg.head_dim * 2)
+    assert split.activation_bytes - kv - weights == (whole.activation_bytes - weights) // 2
+    # tensor=2 splits the gathered KV heads too
+    tp = plan_memory(cfg, {"fsdp": 8, "context": 2, "tensor": 2}, rows=16, seq_len=seq)
+    tp_half = plan_memory(cfg, {"fsdp": 8, "tensor": 2}, rows=16, seq_len=seq // 2)
+    assert tp.activation_bytes - tp_half.activation_bytes == kv // 2
+    # Parameters are split over fsdp x context (ZeRO-3 style) as over 16 fsdp devices; the log-prob chunk is the
+    # device's own share at most.
+    fsdp16 = plan_memory(cfg, {"fsdp": 16}, rows=16, seq_len=seq)
+    assert (split.param_bytes, split.grad_bytes, split.optimizer_bytes) == (
+        fsdp16.param_bytes, fsdp16.grad_bytes, fsdp16.optimizer_bytes)
+    assert split.param_bytes < 0.6 * whole.param_bytes
+    short = plan_memory(cfg, {"fsdp": 8, "context": 4}, rows=8, seq_len=1024)
+    assert short.logits_bytes == plan_memory(cfg, {"fsdp": 8}, rows=8, seq_len=257).logits_bytes
+
+
+def test_attention_block_spans_the_whole_row():
+    """One block of attention_chunk queries against every key of the row: its float32 scores (x3) and mask are
+    sized by seq_len, not the device's share; cuDNN keeps only a mask of the share."""
+    cfg = ringjax.preset("ling-mini-2.0", compute=dict(dtype="bfloat16", remat="full", attention_chunk=256))
+    plan = plan_memory(cfg, {"fsdp": 4, "context": 2}, rows=8, seq_len=8192)
+    assert plan.attention_bytes == 2 * 256 * 8192 * (3 * cfg.num_attention_heads * 4 + 1)
+    half = plan_memory(cfg.replace(**{"compute.attention_chunk": 128}), {"fsdp": 4, "context": 2}, rows=8,
+                       seq_len=8192)
+    assert 2 * half.attention_bytes == plan.attention_bytes and half.total_bytes < plan.total_bytes
+    cudnn = plan_memory(cfg.replace(**{"compute.attention": "cudnn"}), {"fsdp": 4, "context": 2}, rows=8,
+                        seq_len=8192)
+    assert cudnn.attention_bytes == 2 * 4096 * 8192
+    assert "attention (est.)" in plan.table() and plan.as_dict()["attention_gib"] > 0
+
+
+def test_engine_kv_cache_splits_slots_over_context():
+    cfg = ringjax.preset("tiny-v2")
+    flat = plan_memory(cfg, {"fsdp": 4}, rows=4, seq_len=64, kv_slots=16, kv_context=64)
+    split = plan_memory(cfg, {"fsdp": 4, "context": 2}, rows=4, seq_len=64, kv_slots=16, kv_context=64)
+    assert flat.kv_cache_bytes == 2 * split.kv_cache_bytes > 0
+
+
+def test_seq_len_not_divisible_by_context_is_named():
+    with pytest.raises(ValueError, match=r"seq_len=30 is not divisible by the mesh context axis \(size 4\)"):
+        plan_memory(ringjax.preset("tiny-v2"), {"fsdp": 2, "context": 4}, rows=8, seq_len=30)
+
+
 def test_fits_switches_with_device_memory():
     cfg = ringjax.preset("tiny-v2")
     unknown = plan_memory(cfg, MESH, rows=8, seq_len=64)
@@ -110,6 +167,7 @@ def test_fits_switches_with_device_memory():
 @pytest.mark.parametrize("mesh_arg, kwargs, match", [
     ({"fsdp": 2, "pipeline": 2}, {}, "pipeline"),
     ({"fsdp": 0}, {}, "'fsdp' has size 0"),
+    ({"context": 0}, {}, "'context' has size 0"),
     ({"tensor": -1}, {}, "'tensor'"),
     (MESH, {"rows": 0}, "rows=0"),
     (MESH, {"seq_len": 0}, "seq_len=0"),

@@ -188,7 +188,8 @@ def test_batch_not_dividing_mesh_raises():
 
 
 def test_make_mesh():
-    assert dict(make_mesh(data=2, fsdp=-1).shape) == {"data": 2, "fsdp": 4, "expert": 1, "tensor": 1}
+    assert dict(make_mesh(data=2, fsdp=-1).shape) == {"data": 2, "fsdp": 4, "context": 1, "expert": 1, "tensor": 1}
+    assert dict(make_mesh(fsdp=2, context=-1).shape) == {"data": 1, "fsdp": 2, "context": 4, "expert": 1, "tensor": 1}
     with pytest.raises(ValueError, match="needs 16 devices"):
         make_mesh(data=2, fsdp=8)
     with pytest.raises(ValueError, match="only one mesh axis"):

@@ -148,6 +148,18 @@ def test_sharded_step_equals_unsharded(reference):
     assert not trace["moe_layers"]["wg"][...].sharding.is_fully_replicated
 
 
+@pytest.mark.parametrize("layout", [dict(fsdp=2, context=4), dict(fsdp=2, context=2, expert=2)])
+def test_context_parallel_step_equals_unsharded(reference, layout):
+    """Every row's 24 tokens split over the context axis (6 or 12 per device): the same two updates, and the
+    parameters and optimizer state stay split over fsdp x context."""
+    want, batch = reference
+    mesh = ringjax.make_mesh(**layout)
+    got = _run(batch, mesh=mesh, steps=2, tx=SGD)
+    _assert_same_steps(got, want, batch)
+    spec = got.state.params["moe_layers"]["wg"][...].sharding.spec
+    assert any(isinstance(p, tuple) and "context" in p for p in spec), spec
+
+
 def test_first_step_metrics_and_state(reference):
     (state, sums, params), _ = reference
     m = sums[0]

@@ -5,6 +5,14 @@ separate ([H, N, D] / [H, G, D]) so each shards over heads. Ling 2.0 adds a per-
 before RoPE. Masks come from positions (and segment ids for packed rows), so right-padded prompts,
 packed sequences and cached decoding share one code path. Long rows run in blocks of `compute.attention_chunk`
 queries (`blocked_sdpa`), each building only its own [chunk, K] mask and scores.
+
+Context parallelism (a mesh `context` axis > 1, training passes): each device holds 1/context of a row's
+queries and gathers the keys, values, positions and segment ids of the whole row (`context_sdpa`), so a layer's
+transient K/V is the row's and everything else stays split. Every device computes the same [S/context, S]
+masked scores, so the causal mask leaves no device idle: the split is balanced without reordering tokens
+(reordering pays off only for kernels that skip masked blocks). The gather was chosen over a ring of K/V blocks
+because Ling's grouped-query K/V is small (8 or fewer KV heads against 64 query heads at Ring-1T), and it keeps
+one attention code path.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ import jax.numpy as jnp
 from ringjax.model.config import LingConfig
 from ringjax.model.ops import rms_norm
 from ringjax.model.rope import apply_rope
-from ringjax.sharding import constrain
+from ringjax.sharding import constrain, current_mesh, logical_to_spec, tokens_split
 from ringjax.typing import Array, Bool, Float, Int
 
 BHSD = ("batch", "seq", "act_heads", "head_dim")
 BKGD = ("batch", "cache_seq", "act_kv_heads", "head_dim")
+BSGD = ("batch", "seq", "act_kv_heads", "head_dim")
 
 
 def sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Float[Array, "B K G D"],
@@ -67,6 +76,27 @@ def blocked_sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Floa
     return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n * chunk, *q.shape[2:])[:, :s]
 
 
+def context_sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B S G D"], v: Float[Array, "B S G D"],
+                 positions: Int[Array, "B S"], segment_ids: Int[Array, "B S"] | None, impl: str,
+                 chunk: int) -> Float[Array, "B S N D"]:
+    """`blocked_sdpa` with the row's tokens split over the mesh's `context` axis: each device attends its own
+    queries to the keys and values of the whole row, all-gathered (their gradients come back reduce-scattered)."""
+    mesh = current_mesh()
+    q_spec, kv_spec, row_spec = (logical_to_spec(a, mesh) for a in (BHSD, BSGD, ("batch", "seq")))
+
+    def gather(x):
+        return jax.lax.all_gather(x, "context", axis=1, tiled=True)
+
+    def local(q, k, v, pos, *seg):
+        k_seg = gather(seg[0]) if seg else None
+        return blocked_sdpa(q, gather(k), gather(v), pos, gather(pos), seg[0] if seg else None, k_seg, impl, chunk)
+
+    args, specs = (q, k, v, positions), (q_spec, kv_spec, kv_spec, row_spec)
+    if segment_ids is not None:
+        args, specs = args + (segment_ids,), specs + (row_spec,)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
+
+
 def attention_mask(q_pos: Int[Array, "B S"], k_pos: Int[Array, "B K"], q_seg: Int[Array, "B S"] | None,
                    k_seg: Int[Array, "B K"] | None) -> Bool[Array, "B S K"]:
     mask = k_pos[:, None, :] <= q_pos[:, :, None]
@@ -92,6 +122,10 @@ def attention(p: dict[str, Any], x: Float[Array, "B S H"], positions: Int[Array,
     q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     q = constrain(q, BHSD)
 
+    if cache is None and tokens_split(current_mesh()):
+        out = context_sdpa(q, constrain(k, BSGD), constrain(v, BSGD), positions, segment_ids, cfg.compute.attention,
+                           cfg.compute.attention_chunk)
+        return jnp.einsum("bsnd,ndh->bsh", out, p["wo"].astype(dt)), None
     if cache is None:
         k_all, v_all, k_pos, mask_seg = k, v, positions, segment_ids
         new_cache = None

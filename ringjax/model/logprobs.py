@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
+from ringjax.sharding import current_mesh, tokens_split
 from ringjax.typing import Array, Float, Int
 
 
@@ -108,3 +110,26 @@ def token_logprobs(hidden: Float[Array, "B S H"], head: Float[Array, "V H"], tar
     logp = logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
     entropy = entropy.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
     return logp, entropy
+
+
+def next_token_logprobs(hidden: Float[Array, "B S H"], head: Float[Array, "V H"], tokens: Int[Array, "B S"],
+                        chunk: int, temperature: float = 1.0, vocab_chunk: int | None = None
+                        ) -> tuple[Float[Array, "B S-1"], Float[Array, "B S-1"]]:
+    """`token_logprobs` of tokens[:, 1:] given hidden[:, :-1]: what a language model predicts at each step.
+
+    With a row's tokens split over the mesh's context axis, the pass runs on all S positions (the last one's
+    target is a placeholder, dropped) so that no slice moves hidden states between devices, and each device
+    chunks its own share of the row (a shard_map manual over `context` only: the batch, vocabulary and embedding
+    splits stay with the compiler)."""
+    mesh = current_mesh()
+    if not tokens_split(mesh):
+        return token_logprobs(hidden[:, :-1], head, tokens[:, 1:], chunk, temperature, vocab_chunk)
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    rows = PartitionSpec(None, "context")
+
+    def local(h, t, w):
+        return token_logprobs(h, w, t, chunk, temperature, vocab_chunk)
+
+    logp, entropy = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, PartitionSpec()), out_specs=(rows, rows),
+                                  axis_names={"context"}, check_vma=False)(hidden, targets, head)
+    return logp[:, :-1], entropy[:, :-1]

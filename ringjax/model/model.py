@@ -16,7 +16,7 @@ from flax import nnx
 
 from ringjax.model.config import LingConfig
 from ringjax.model.decoder import ACT, LayerAux, ParamSpec, layer_spec, run_stack, stack_arrays
-from ringjax.model.logprobs import token_logprobs
+from ringjax.model.logprobs import next_token_logprobs
 from ringjax.model.ops import rms_norm
 from ringjax.model.rope import rope_tables
 from ringjax.sharding import constrain
@@ -97,7 +97,8 @@ class Ling(nnx.Module):
         cfg = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-        x = constrain(self.embed[...].astype(cfg.compute.dtype)[tokens], ACT)
+        table = constrain(self.embed[...].astype(cfg.compute.dtype), ("vocab", None))  # gathered over fsdp, as
+        x = constrain(table[tokens], ACT)  # every layer's weights are: a lookup into split rows cannot be split
         rope = rope_tables(positions, cfg)
         new_cache, auxes = {"dense": None, "moe": None}, []
         for key, stack in (("dense", self.dense_layers), ("moe", self.moe_layers)):
@@ -137,9 +138,9 @@ class Ling(nnx.Module):
                        ) -> tuple[Float[Array, "B S-1"], Float[Array, "B S-1"]]:
         """log p(tokens[:, t+1] | tokens[:, :t+1]) and the entropy at each step, chunked over the sequence."""
         out = self(tokens, positions, segment_ids)
-        return token_logprobs(out.hidden[:, :-1], self.head_weight(), tokens[:, 1:],
-                              self.config.compute.logprob_chunk, temperature,
-                              self.config.compute.logprob_vocab_chunk)
+        return next_token_logprobs(out.hidden, self.head_weight(), tokens,
+                                   self.config.compute.logprob_chunk, temperature,
+                                   self.config.compute.logprob_vocab_chunk)
 
     def mtp_hidden(self, residual: Float[Array, "B S H"], tokens: Int[Array, "B S"],
                    positions: Int[Array, "B S"] | None = None) -> list[Float[Array, "B S H"]]:

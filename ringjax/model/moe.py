@@ -21,7 +21,7 @@ from ringjax.model.config import LingConfig
 from ringjax.model.grouped_matmul import grouped_matmul, resolve_impl
 from ringjax.model.ops import swiglu
 from ringjax.model.routing import Routing, route
-from ringjax.sharding import BATCH_AXES, current_mesh, logical_to_spec
+from ringjax.sharding import current_mesh, logical_to_spec
 from ringjax.typing import Array, Float, Int
 
 EXPERT_IN = ("expert", "embed", "expert_mlp")
@@ -67,23 +67,23 @@ def _axes_at(spec: PartitionSpec, dim: int) -> tuple[str, ...]:
 
 def _sharded_experts(x: Float[Array, "B S H"], routing: Routing, p: dict[str, Any], impl: str) -> Float[Array, "B S H"]:
     mesh = current_mesh()
-    batch_spec = logical_to_spec(("batch", None, None), mesh)
-    n_batch = math.prod(mesh.shape[a] for a in BATCH_AXES if mesh.shape[a] > 1)
+    batch_spec = logical_to_spec(("batch", "seq", None), mesh)  # tokens split over context when it is > 1
+    n_batch = math.prod(mesh.shape[a] for a in _axes_at(batch_spec, 0))
     if x.shape[0] % n_batch:
-        raise ValueError(f"batch {x.shape[0]} is not divisible by the mesh batch axes {BATCH_AXES} "
+        raise ValueError(f"batch {x.shape[0]} is not divisible by the mesh batch axes {_axes_at(batch_spec, 0)} "
                          f"(size {n_batch}); choose a batch that is, or a smaller data/fsdp/expert mesh")
     in_spec, out_spec = logical_to_spec(EXPERT_IN, mesh), logical_to_spec(EXPERT_OUT, mesh)
     ep = mesh.shape["expert"]
-    gather_fsdp = "fsdp" in _axes_at(in_spec, 1)  # expert weights sharded ZeRO-3 style over `embed`
+    gather = _axes_at(in_spec, 1)  # expert weights sharded ZeRO-3 style over `embed` (fsdp, context)
     reduce_tp = "tensor" in _axes_at(in_spec, 2)  # expert width split: partial sums over `tensor`
 
     def local(xb, wb, eb, wg, wu, wd):
         b, s, h = xb.shape
         xt, wt, et = xb.reshape(b * s, h), wb.reshape(b * s, -1), eb.reshape(b * s, -1)
-        if gather_fsdp:
-            wg = jax.lax.all_gather(wg, "fsdp", axis=1, tiled=True)
-            wu = jax.lax.all_gather(wu, "fsdp", axis=1, tiled=True)
-            wd = jax.lax.all_gather(wd, "fsdp", axis=2, tiled=True)
+        if gather:
+            wg = jax.lax.all_gather(wg, gather, axis=1, tiled=True)
+            wu = jax.lax.all_gather(wu, gather, axis=1, tiled=True)
+            wd = jax.lax.all_gather(wd, gather, axis=2, tiled=True)
         if ep > 1:
             xt, wt, et = (jax.lax.all_gather(a, "expert", axis=0, tiled=True) for a in (xt, wt, et))
         first = jax.lax.axis_index("expert") * wg.shape[0] if ep > 1 else 0

@@ -71,13 +71,14 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
-    """Device mesh (axes data, fsdp, expert, tensor; -1: all remaining devices). `cpu_devices`: simulate that many
-    devices when JAX would run on the CPU (set before JAX starts). `distributed`: call `jax.distributed` first
+    """Device mesh (axes data, fsdp, context, expert, tensor; -1: all remaining devices). `cpu_devices`: simulate
+    that many devices when JAX would run on the CPU (set before JAX starts). `distributed`: call `jax.distributed` first
     (TPU pods auto-detect; elsewhere RINGJAX_COORDINATOR / RINGJAX_NUM_PROCESSES / RINGJAX_PROCESS_ID).
     `device_memory_gb`: per-device capacity for `ringjax plan` (None: read from the local device when it has one)."""
 
     data: int = 1  # data-parallel devices (each holds whole parameters); -1: all remaining devices
     fsdp: int = -1  # devices sharding the batch and the parameters (ZeRO-3 style); -1: all remaining devices
+    context: int = 1  # context-parallel devices: each holds 1/context of every row's tokens (long rows)
     expert: int = 1  # expert-parallel devices (each computes its share of the experts); -1: all remaining
     tensor: int = 1  # tensor-parallel devices (heads, MLP width, vocabulary split); -1: all remaining
     cpu_devices: int = 0  # simulate this many devices when JAX runs on the CPU; 0: the real device count
@@ -85,14 +86,14 @@ class MeshSection:
     device_memory_gb: float | None = None  # per-device memory for ringjax plan; None: read from the local device
 
     def __post_init__(self):
-        for name in ("data", "fsdp", "expert", "tensor"):
+        for name in ("data", "fsdp", "context", "expert", "tensor"):
             if getattr(self, name) == 0 or getattr(self, name) < -1:
                 raise ValueError(f"mesh.{name}={getattr(self, name)} must be >= 1 or -1 (all remaining devices)")
         if self.cpu_devices < 0:
             raise ValueError(f"mesh.cpu_devices={self.cpu_devices} must be >= 0")
 
     def axes(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("data", "fsdp", "expert", "tensor")}
+        return {k: getattr(self, k) for k in ("data", "fsdp", "context", "expert", "tensor")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +301,13 @@ class PipelineConfig:
                                  "its final checkpoint, and a rerun resumes from the newest)")
         stages = tuple(s for s in stages if s.enabled)
         object.__setattr__(self, "stages", stages)
+        if self.mesh.context > 1:  # every row splits over the context devices: checked before anything runs
+            lengths = {"sft.train.seq_len": self.sft.train.seq_len} if self.sft.enabled else {}
+            lengths.update({f"stages.{s.name}.rl.seq_len": self.stage_rl(s).seq_len for s in stages})
+            for key, n in lengths.items():
+                if n % self.mesh.context:
+                    raise ValueError(f"{key}={n} is not divisible by mesh.context={self.mesh.context} (each "
+                                     f"context device holds an equal share of every row's tokens)")
         if self.data.source == "synthetic":
             for stage in stages:
                 empty = [d for d in stage.domains if d not in SYNTHETIC_DOMAINS or not getattr(self.data.synthetic, d)]

@@ -23,8 +23,8 @@ from rollout.types import Request, SamplingParams
 
 
 def engine_slots(slots: int, mesh=None) -> int:
-    """`slots` rounded up to a multiple of `mesh`'s batch shards (what an embedded engine on it needs)."""
-    shards = batch_shards(mesh) if mesh is not None else 1
+    """`slots` rounded up to a multiple of `mesh`'s batch shards and context (what an embedded engine on it needs)."""
+    shards = batch_shards(mesh, rows_over_context=True) if mesh is not None else 1
     return -(-slots // shards) * shards
 
 

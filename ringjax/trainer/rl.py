@@ -35,7 +35,7 @@ from ringjax.data import PromptRecord, build_prompt_batches, restore_iterator
 from ringjax.data.tokenize import ByteTokenizer
 from ringjax.losses import LossConfig
 from ringjax.model import Ling
-from ringjax.sharding import check_rows, use_mesh
+from ringjax.sharding import check_context, check_rows, context_size, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import assemble_step, groups_in, pack_micro_batches, response_tokens, take_groups
 from ringjax.trainer.checkpoint import Checkpointer
@@ -155,7 +155,12 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
     when `should_stop()` turns true after a step, that step is checkpointed and the run returns (`stopped`)."""
     encode = encode or ByteTokenizer().encode
     decode = decode or ByteTokenizer().decode_bytes
-    check_rows(mesh, {"rl.rows": cfg.rows, "rl.rollout.slots": cfg.rollout.slots or cfg.omega})
+    check_rows(mesh, {"rl.rows": cfg.rows})
+    check_rows(mesh, {"rl.rollout.slots": cfg.rollout.slots or cfg.omega}, rows_over_context=True)
+    check_context(mesh, {"rl.seq_len": cfg.seq_len})
+    if cfg.rollout.zero_mismatch and context_size(mesh) > 1:
+        raise ValueError("rollout.zero_mismatch needs mesh.context=1: the engine decodes whole rows, so its "
+                         "log-probs cannot be bit-equal to a trainer that splits rows over the context axis")
     tx = make_optimizer(cfg.optim)
     graphdef, state = init_train_state(model, tx, cfg.seed, mesh)
     _, abstract = abstract_train_state(model.config, tx, mesh)

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from ringjax.model import Ling
-from ringjax.sharding import check_rows, use_mesh
+from ringjax.sharding import check_context, check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import Response, StepBatch, pack_micro_batches
 from ringjax.trainer.checkpoint import Checkpointer, checkpoint_steps
@@ -256,6 +256,7 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
     checkpointed and the run returns (`stopped`); that checkpoint records no evaluation, so `pick_checkpoint`
     chooses among the same checkpoints as in a run that was never stopped."""
     check_rows(mesh, {"sft.rows": cfg.rows})
+    check_context(mesh, {"sft.seq_len": cfg.seq_len})
     train, too_long, empty = as_examples(examples, cfg.seq_len)
     if not train:
         raise ValueError(f"no usable SFT example: {too_long} longer than sft.seq_len={cfg.seq_len}, {empty} empty")

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ringjax.losses import LossConfig, policy_loss
 from ringjax.model import Ling
-from ringjax.model.logprobs import token_logprobs
+from ringjax.model.logprobs import next_token_logprobs
 from ringjax.sharding import BATCH_AXES, batch_shards
 from ringjax.trainer import diagnostics
 from ringjax.trainer.state import TrainState, merge_model
@@ -49,9 +49,9 @@ def _forward(model: Ling, mb: Batch, temperature: float, replay: bool):
     if replay and routes is None:
         raise ValueError("rl.router_replay=replay needs the engine's routing records in the batch ('routes')")
     out = model(mb["tokens"], mb["positions"], mb["segment_ids"], routes=routes)
-    logp, entropy = token_logprobs(out.hidden[:, :-1], model.head_weight(), mb["tokens"][:, 1:],
-                                   model.config.compute.logprob_chunk, temperature,
-                                   model.config.compute.logprob_vocab_chunk)
+    logp, entropy = next_token_logprobs(out.hidden, model.head_weight(), mb["tokens"],
+                                        model.config.compute.logprob_chunk, temperature,
+                                        model.config.compute.logprob_vocab_chunk)
     aux = {"load_balance": jnp.mean(out.aux.load_balance), "z_loss": jnp.mean(out.aux.z_loss)}
     return logp, entropy, aux, out.aux.chosen
 
