@@ -2,18 +2,19 @@
 
     PYTHONPATH=. python3 benchmarks/context_parallel_bench.py [--size full|toy] [--out FILE]
 
-About 5 minutes on 2 CPU cores at `--size full` (compiles only: nothing runs, so long rows cost no memory).
+About 3 minutes on 2 CPU cores at `--size full` (compiles only: nothing runs, so long rows cost no memory).
 
 On 8 simulated CPU devices, every point compiles the gradient of a log-prob loss (`Ling.token_logprobs`, what the
 RL step differentiates) for ONE ROW PER BATCH SHARD on a mesh of fsdp = 8 / context x context: the setting where
 a row does not fit one device, and context parallelism is the way to train it. Each point records the compiled
 per-device temp memory (`memory_analysis().temp_size_in_bytes`: activations, gathered keys and values, logits
-blocks, attention scores) of `bench-tiny` (float32, remat `full`) at row lengths 2k..16k, with attention in blocks
-of 512 queries (the default `compute.attention_chunk`) and of 64. Prints one JSON line per point, then
-{"summary": ...} with each (length, chunk)'s memory relative to context 1 (also written to --out).
+blocks, attention scores) of `bench-tiny` (float32, remat `full`) at row lengths 2k..16k, with `xla` attention in
+blocks of 512 queries (the default `compute.attention_chunk`) and of 64, and `flash` attention in blocks of 512
+queries x 512 keys. Prints one JSON line per point, then {"summary": ...} with each (length, attention)'s memory
+relative to context 1 (also written to --out).
 What splits over context: everything per token. What does not: one layer's gathered K/V, the weights each device
-gathers, and one attention block's scores, [heads, chunk, whole row]: with long rows that block dominates unless
-the chunk shrinks (`ringjax plan` counts it as "attention").
+gathers, and for `xla` one attention block's scores, [heads, chunk, whole row]: with long rows that block dominates
+unless the chunk shrinks or `flash` cuts the keys too (`ringjax plan` counts it as "attention").
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from ringjax.sharding import make_mesh, state_shardings  # noqa: E402
 from _summary import emit_summary  # noqa: E402
 
 SIZES = {
-    "full": {"overrides": {}, "lengths": [2048, 4096, 8192, 16384], "contexts": [1, 2, 4, 8], "chunks": [512, 64]},
+    "full": {"overrides": {}, "lengths": [2048, 4096, 8192, 16384], "contexts": [1, 2, 4, 8],
+             "attention": [("xla", 512), ("xla", 64), ("flash", 512)]},
     "toy": {"overrides": {"num_hidden_layers": 2, "hidden_size": 64, "head_dim": 16, "moe_intermediate_size": 32},
-            "lengths": [64, 128], "contexts": [1, 2], "chunks": [512, 16]},
+            "lengths": [64, 128], "contexts": [1, 2], "attention": [("xla", 512), ("xla", 16), ("flash", 16)]},
 }
 DEVICES = 8
 
 
 def temp_mib(cfg, seq_len: int, context: int) -> dict:
     """Compiled per-device temp memory of the log-prob loss gradient, one row per batch shard."""
-    chunk = cfg.compute.attention_chunk
+    impl, chunk = cfg.compute.attention, cfg.compute.attention_chunk
     mesh = make_mesh(fsdp=DEVICES // context, context=context)
     rows = DEVICES // context
     graphdef, state = nnx.split(ringjax.abstract_model(cfg))
@@ -57,18 +59,19 @@ def temp_mib(cfg, seq_len: int, context: int) -> dict:
     with jax.set_mesh(mesh):
         compiled = jax.jit(jax.grad(loss), in_shardings=(state_shardings(state, mesh), None)).lower(
             state, tokens).compile()
-    return {"seq_len": seq_len, "context": context, "attention_chunk": chunk, "fsdp": DEVICES // context, "rows": rows,
+    return {"seq_len": seq_len, "context": context, "attention": f"{impl}/{chunk}", "fsdp": DEVICES // context,
+            "rows": rows,
             "tokens_per_device": seq_len // context,
             "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)}
 
 
 def ratios(points: list[dict]) -> dict:
-    """{"seq_len/chunk": {context: temp memory / context 1's at that length and chunk}}."""
-    base = {(p["seq_len"], p["attention_chunk"]): p["temp_mib"] for p in points if p["context"] == 1}
+    """{"seq_len impl/chunk": {context: temp memory / context 1's at that length and attention}}."""
+    base = {(p["seq_len"], p["attention"]): p["temp_mib"] for p in points if p["context"] == 1}
     out: dict = {}
     for p in points:
-        key = (p["seq_len"], p["attention_chunk"])
-        out.setdefault("/".join(map(str, key)), {})[str(p["context"])] = round(p["temp_mib"] / base[key], 3)
+        key = (p["seq_len"], p["attention"])
+        out.setdefault(f"{key[0]} {key[1]}", {})[str(p["context"])] = round(p["temp_mib"] / base[key], 3)
     return out
 
 
@@ -88,10 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
            "preset": "bench-tiny", "dtype": "float32", "remat": "full", "logprob_chunk": cfg.compute.logprob_chunk}
     print(json.dumps({"env": env}), flush=True)
     points = []
-    for chunk in size["chunks"]:
+    for impl, chunk in size["attention"]:
         for seq_len in size["lengths"]:
             for context in size["contexts"]:
-                points.append(temp_mib(cfg.replace(**{"compute.attention_chunk": chunk}), seq_len, context))
+                points.append(temp_mib(cfg.replace(**{"compute.attention": impl, "compute.attention_chunk": chunk}),
+                                       seq_len, context))
                 print(json.dumps(points[-1]), flush=True)
     summary = {"env": env, "points": points, "relative_to_context_1": ratios(points),
                "seconds": round(time.perf_counter() - start, 1)}

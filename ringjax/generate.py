@@ -30,7 +30,7 @@ from flax import nnx
 from ringjax.model.kv_cache import init_cache
 from ringjax.model.model import Ling
 from ringjax.sampling import sample_rows
-from ringjax.sharding import rows_over_context
+from ringjax.sharding import decode_layout, replicated
 from ringjax.typing import Array, Bool, Float, Int
 
 
@@ -129,7 +129,7 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: dict, logits: Float
         return (loop.step < n) & ~jnp.all(loop.done)
 
     loop = jax.lax.while_loop(cond, body, loop)
-    return GenerateOutput(loop.tokens, loop.logprobs, loop.lengths), loop.cache
+    return replicated(GenerateOutput(loop.tokens, loop.logprobs, loop.lengths)), loop.cache
 
 
 decode = jax.jit(_decode, static_argnames=("graphdef", "max_new_tokens", "sampling"), donate_argnames="cache")
@@ -150,7 +150,7 @@ def generate(model: Ling, prompts: Int[Array, "B P"], prompt_lens: Int[Array, " 
     b, p = prompts.shape
     graphdef, state = nnx.split(model)
     prompts, prompt_lens = jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32)
-    with rows_over_context():  # on a mesh with a context axis, rows split over it (one token per row a step)
+    with decode_layout():  # on a mesh with a context axis, rows split over it (one token per row a step)
         cache = init_cache(model.config, b, p + max_new_tokens)
         logits, cache = prefill(graphdef, state, cache, prompts, prompt_lens)
         return decode(graphdef, state, cache, logits, prompt_lens, rng, max_new_tokens, sampling)[0]

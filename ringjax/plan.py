@@ -171,13 +171,15 @@ def attention_bytes(cfg: LingConfig, rows: int, local: int, seq_len: int, tensor
     Queries run in blocks of q = min(compute.attention_chunk, local) against all `seq_len` keys of the row
     (`local`: the device's share of a row, seq_len / context). `xla` / `reference` hold the [rows, heads / t, q,
     seq_len] float32 scores three times (scores, probabilities, their gradient) plus the [rows, q, seq_len] boolean
-    mask; a long row needs a small `compute.attention_chunk`. `cudnn` never builds the scores and takes the whole
-    share at once: only its [rows, local, seq_len] mask (1 byte each)."""
+    mask; a long row needs a small `compute.attention_chunk`. `flash` walks the keys in blocks of the same size:
+    the same terms with min(chunk, seq_len) keys instead of the row. `cudnn` never builds the scores and takes the
+    whole share at once: only its [rows, local, seq_len] mask (1 byte each)."""
     heads = -(-cfg.num_attention_heads // tensor)
     if cfg.compute.attention == "cudnn":
         return rows * local * seq_len
     q = min(cfg.compute.attention_chunk, local)
-    return rows * q * seq_len * (3 * heads * 4 + 1)
+    keys = min(cfg.compute.attention_chunk, seq_len) if cfg.compute.attention == "flash" else seq_len
+    return rows * q * keys * (3 * heads * 4 + 1)
 
 
 def plan_memory(model_cfg: LingConfig, mesh: Mapping[str, int], *, rows: int, seq_len: int,

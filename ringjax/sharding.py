@@ -60,7 +60,7 @@ _ROWS_OVER_CONTEXT = contextvars.ContextVar("rows_over_context", default=False)
 
 
 @contextlib.contextmanager
-def rows_over_context():
+def decode_layout():
     """Inside (at trace time): logical `batch` is split over the context axis too and `seq` is not split. Decoding
     (the rollout engine, `ringjax.generate`) traces in it: its rows split over every device, each decoding its own
     rows' tokens."""
@@ -115,7 +115,7 @@ def use_mesh(mesh: Mesh | None, rows_over_context: bool = False):
         if mesh is not None:
             stack.enter_context(jax.set_mesh(mesh))
             if rows_over_context:
-                stack.enter_context(rows_over_context())
+                stack.enter_context(decode_layout())
         yield
 
 
@@ -183,6 +183,13 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh))
 
 
+def replicated(tree):
+    """`tree`'s arrays constrained to every device holding all of them (a no-op outside `jax.set_mesh`): what a
+    jitted function returns to the host, which reads it on every process (a row split over devices of another
+    process could not be read here)."""
+    return jax.tree.map(lambda x: constrain(x, (None,) * x.ndim), tree)
+
+
 def param_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
     axes = variable.get_metadata().get("axes")
     if axes is None:
@@ -220,18 +227,29 @@ def unsharded_large_params(state: nnx.State, min_size: int = 2**14) -> list[tupl
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Joins a multi-process JAX run (TPU pods auto-detect; elsewhere pass or export the coordinator).
+                           process_id: int | None = None, *, detect: bool = False) -> None:
+    """Joins a multi-process JAX run (once; later calls do nothing).
 
-    Reads RINGJAX_COORDINATOR / RINGJAX_NUM_PROCESSES / RINGJAX_PROCESS_ID when arguments are omitted.
-    A no-op for a single process without a coordinator.
+    Reads RINGJAX_COORDINATOR / RINGJAX_NUM_PROCESSES / RINGJAX_PROCESS_ID when arguments are omitted. Without
+    any of them: with `detect` (`mesh.distributed: true`), `jax.distributed` finds the cluster itself (TPU pods,
+    Slurm, Open MPI) and a ValueError says what to set when it cannot; otherwise a no-op (one process).
     """
     coordinator_address = coordinator_address or os.environ.get("RINGJAX_COORDINATOR")
     if num_processes is None and "RINGJAX_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["RINGJAX_NUM_PROCESSES"])
     if process_id is None and "RINGJAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["RINGJAX_PROCESS_ID"])
+    if jax.distributed.is_initialized():
+        return
     if coordinator_address is None and num_processes in (None, 1):
+        if not detect:
+            return
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"mesh.distributed: jax.distributed found no cluster here ({e}); outside TPU pods, "
+                             f"Slurm and Open MPI set RINGJAX_COORDINATOR=host:port, RINGJAX_NUM_PROCESSES and "
+                             f"RINGJAX_PROCESS_ID on every process") from e
         return
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)

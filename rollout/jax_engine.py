@@ -49,7 +49,7 @@ from flax import nnx
 from ringjax.model.create import abstract_model
 from ringjax.model.kv_cache import init_cache
 from ringjax.model.model import Ling
-from ringjax.sharding import batch_shards, use_mesh
+from ringjax.sharding import batch_shards, replicated, use_mesh
 from ringjax.typing import Array, Float, Int
 from ringjax.sampling import sample_rows
 from rollout.numerics import EngineNumerics, engine_config, engine_state
@@ -75,7 +75,7 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, cache: dict, tokens: Int[
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (k, p))
     out = model(tokens, positions, cache=sub)
     cache = jax.tree.map(lambda c, n: c.at[:, slots].set(n, mode="drop"), cache, out.cache)
-    return cache, jnp.moveaxis(out.aux.experts, 0, 2)
+    return cache, replicated(jnp.moveaxis(out.aux.experts, 0, 2))
 
 
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: dict, last: Int[Array, " B"], pos: Int[Array, " B"],
@@ -111,7 +111,7 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, cache: dict, last: Int[Arr
              jnp.zeros((b, steps), jnp.int32), jnp.zeros((b, steps), jnp.float32),
              jnp.zeros((b, steps, layers, k), jnp.int32))
     _, cache, last, new_pos, _, stopped, toks, lps, routes = jax.lax.while_loop(cond, body, carry)
-    return toks, lps, routes, new_pos - pos, stopped, last, new_pos, cache
+    return (*replicated((toks, lps, routes, new_pos - pos, stopped, last, new_pos)), cache)
 
 
 _prefill_jit = jax.jit(_prefill, static_argnames="graphdef", donate_argnames="cache")

@@ -40,6 +40,7 @@ from flax import nnx
 
 from ringjax.model.logprobs import token_logprobs
 from ringjax.sampling import sample_rows
+from ringjax.sharding import replicated
 from ringjax.typing import Array, Float, Int
 
 
@@ -109,7 +110,7 @@ def _decode_full(graphdef: nnx.GraphDef, state: nnx.State, tokens: Int[Array, "B
              jnp.zeros((b, steps, layers, k), jnp.int32))
     _, window, new_length, _, stopped, toks, lps, routes = jax.lax.while_loop(cond, body, carry)
     last = jnp.take_along_axis(window, jnp.clip(new_length - 1, 0, w - 1)[:, None], axis=1)[:, 0]
-    return toks, lps, routes, new_length - length, stopped, last, new_length - 1, window
+    return replicated((toks, lps, routes, new_length - length, stopped, last, new_length - 1, window))
 
 
 decode_full = jax.jit(_decode_full, static_argnames=("graphdef", "steps", "use_top_p", "logp_temperature", "rows"))

@@ -240,11 +240,11 @@ def test_context_parallel_bench_compiles_every_point(tmp_path):
     bench = _load("context_parallel_bench")
     summary = bench.main(["--size", "toy", "--out", str(tmp_path / "cp.json")])
     assert json.loads((tmp_path / "cp.json").read_text()) == summary
-    points = {(p["seq_len"], p["context"], p["attention_chunk"]): p for p in summary["points"]}
-    assert set(points) == {(n, c, q) for n in (64, 128) for c in (1, 2) for q in (512, 16)}
+    points = {(p["seq_len"], p["context"], p["attention"]): p for p in summary["points"]}
+    assert set(points) == {(n, c, a) for n in (64, 128) for c in (1, 2) for a in ("xla/512", "xla/16", "flash/16")}
     for seq_len in (64, 128):
-        one, two = points[seq_len, 1, 512], points[seq_len, 2, 512]
+        one, two = points[seq_len, 1, "xla/512"], points[seq_len, 2, "xla/512"]
         assert two["tokens_per_device"] * 2 == one["tokens_per_device"] == seq_len
         assert 0 < two["temp_mib"] < one["temp_mib"]
-        ratio = summary["relative_to_context_1"][f"{seq_len}/512"]["2"]
+        ratio = summary["relative_to_context_1"][f"{seq_len} xla/512"]["2"]
         assert ratio == round(two["temp_mib"] / one["temp_mib"], 3)

@@ -177,8 +177,8 @@ def test_sharded_generation_matches_unsharded():
 
 
 def test_greedy_on_a_context_mesh_splits_rows_and_matches_unsharded():
-    """On a mesh with a context axis, decoding splits rows over fsdp x context (`rows_over_context`): the same
-    tokens as the unsharded model's full forward."""
+    """On a mesh with a context axis, decoding splits rows over fsdp x context (`ringjax.sharding.decode_layout`):
+    the same tokens as the unsharded model's full forward."""
     cfg = ringjax.preset("tiny-v2")
     lens = np.array([7, 3, 5, 1, 6, 2, 4, 7])
     prompts = _prompts(cfg.vocab_size, lens, seed=4)

@@ -136,6 +136,9 @@ def test_attention_block_spans_the_whole_row():
     cudnn = plan_memory(cfg.replace(**{"compute.attention": "cudnn"}), {"fsdp": 4, "context": 2}, rows=8,
                         seq_len=8192)
     assert cudnn.attention_bytes == 2 * 4096 * 8192
+    flash = plan_memory(cfg.replace(**{"compute.attention": "flash"}), {"fsdp": 4, "context": 2}, rows=8,
+                        seq_len=8192)
+    assert flash.attention_bytes == 2 * 256 * 256 * (3 * cfg.num_attention_heads * 4 + 1)  # key blocks of 256
     assert "attention (est.)" in plan.table() and plan.as_dict()["attention_gib"] > 0
 
 

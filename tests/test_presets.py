@@ -15,7 +15,7 @@ from flax import nnx
 
 import ringjax
 from ringjax.model import ExpertBias, count_params, model_shardings
-from ringjax.sharding import make_mesh, state_shardings, unsharded_large_params
+from ringjax.sharding import MESH_AXES, make_mesh, state_shardings, unsharded_large_params
 
 REAL = ["ling-lite", "ling-mini-2.0", "ling-flash-2.0", "ling-1t"]
 B = 1e9
@@ -135,8 +135,11 @@ def test_unsharded_large_params_can_fail():
 
 
 def test_abstract_mesh_shardings():
-    mesh = jax.sharding.AbstractMesh((1, 2, 2, 2), ("data", "fsdp", "expert", "tensor"))
+    mesh = jax.sharding.AbstractMesh((1, 2, 1, 2, 2), MESH_AXES)
     _, state = nnx.split(ringjax.abstract_model(ringjax.preset("ling-1t")))
     shardings = state_shardings(state, mesh)
     wg = shardings["moe_layers"]["wg"]
     assert wg.spec[1] == "expert" and wg.spec[2] == "fsdp" and wg.spec[3] == "tensor"
+    # with a context axis the embed dimension splits over fsdp x context (ZeRO-3 over both)
+    with_context = state_shardings(state, jax.sharding.AbstractMesh((1, 2, 2, 2, 1), MESH_AXES))
+    assert with_context["moe_layers"]["wg"].spec[2] == ("fsdp", "context")

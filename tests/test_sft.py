@@ -153,6 +153,10 @@ def test_resume_after_a_crash_is_bit_exact(uninterrupted, tmp_path):
     assert [row["step"] for row in read_metrics(os.path.join(run_dir, "logs"))] == list(range(1, 9))
     resumed = train_sft(_model(), TRAIN, CFG, run_dir, eval_examples=EVAL)
     assert [h["step"] for h in resumed.history] == [h["step"] for h in want.history[6:]]
+    # steps 7 and 8 ran twice (after checkpoint 6): metrics.jsonl keeps one row per step, the rerun's
+    rows = read_metrics(os.path.join(run_dir, "logs"))
+    assert [row["step"] for row in rows] == [h["step"] for h in want.history]
+    assert [row["loss"] for row in rows[6:]] == pytest.approx([h["loss"] for h in resumed.history])
     assert [h["example_ids"] for h in resumed.history] == [h["example_ids"] for h in want.history[6:]]
     for got, ref in zip(_params(resumed.state), _params(want.state), strict=True):
         np.testing.assert_array_equal(got, ref)

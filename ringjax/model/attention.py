@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ringjax.model.config import LingConfig
+from ringjax.model.flash import flash_attention
 from ringjax.model.ops import rms_norm
 from ringjax.model.rope import apply_rope
 from ringjax.sharding import constrain, current_mesh, logical_to_spec, tokens_split
@@ -56,6 +57,8 @@ def blocked_sdpa(q: Float[Array, "B S N D"], k: Float[Array, "B K G D"], v: Floa
     body is rematerialised, so the backward pass holds one block's scores too. cuDNN's fused kernel never builds
     the scores and takes the whole row."""
     s = q.shape[1]
+    if impl == "flash":
+        return flash_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, chunk)
     if impl == "cudnn" or s <= chunk:
         return sdpa(q, k, v, attention_mask(q_pos, k_pos, q_seg, k_seg), impl)
     n = -(-s // chunk)

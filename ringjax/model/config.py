@@ -20,7 +20,7 @@ V2 = "BailingMoeV2ForCausalLM"
 ARCHITECTURES = (V1, V2)
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
-AttentionImpl = Literal["xla", "cudnn", "reference"]
+AttentionImpl = Literal["xla", "cudnn", "flash", "reference"]
 MoeImpl = Literal["auto", "ragged_dot", "segment", "gather", "dense"]
 
 
@@ -54,11 +54,13 @@ class ComputeConfig:
     dtype: str = "float32"  # activation / matmul dtype: float32, bfloat16 or float16
     param_dtype: str = "float32"  # storage dtype of the weights
     remat: RematPolicy = "none"  # what one scanned decoder layer recomputes in the backward pass instead of storing
-    attention: AttentionImpl = "xla"  # xla (jax.nn.dot_product_attention), cudnn (fused GPU kernel), reference
+    attention: AttentionImpl = "xla"  # xla (jax.nn.dot_product_attention), cudnn (fused GPU kernel), flash (key
+    # blocks with an online softmax in plain JAX: no score block spans the row), reference
     moe: MoeImpl = "auto"  # grouped expert matmul: auto, ragged_dot, segment, gather, dense
     logprob_chunk: int = 1024  # tokens per chunk of the log-prob pass (bounds the float32 logits buffer)
     logprob_vocab_chunk: int = 32768  # vocabulary entries per block of a chunk's online logsumexp (same bound)
-    attention_chunk: int = 512  # queries per block of xla / reference attention (bounds the [S, K] scores)
+    attention_chunk: int = 512  # queries per block of xla / reference attention (bounds the [S, K] scores); flash:
+    # queries and keys per block
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):

@@ -35,13 +35,55 @@ def _progress(total: int, desc: str, enabled: bool, keys: tuple[str, ...]):
     return on_step, bar.close
 
 
+def _claim(cfg: PipelineConfig, overwrite: bool, log: Log) -> bool:
+    """`claim`s the run folder. A multi-process run (`mesh.distributed`) joins `jax.distributed` first; the first
+    process claims the shared folder while the others wait, and all of them learn the outcome from it."""
+    if not cfg.mesh.distributed:
+        return claim(cfg, overwrite, log)
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from ringjax.sharding import initialize_distributed
+
+    initialize_distributed(detect=True)
+    if jax.process_count() > 1:
+        check_rollouts_on_mesh(cfg, jax.process_count())
+    resumed, error = False, None
+    if jax.process_index() == 0:
+        try:
+            resumed = claim(cfg, overwrite, log)
+        except (FileExistsError, OSError) as e:
+            error = e
+    failed, resumed = (bool(x) for x in multihost_utils.broadcast_one_to_all(np.array([error is not None, resumed])))
+    if error is not None:
+        raise error
+    if failed:
+        raise FileExistsError(f"process 0 could not claim the run folder {cfg.out} (its log says why)")
+    return resumed
+
+
+def check_rollouts_on_mesh(cfg: PipelineConfig, processes: int) -> None:
+    """ValueError naming the first rollout setting that a trainer of several processes cannot drive: every process
+    runs the same loop on its part of the mesh, so rollouts must run there too (the embedded engine, no Ray
+    workers, no SGLang servers, which one process would have to drive and feed to the others)."""
+    rollouts = [(f"stages.{s.name}.rl.rollout", cfg.stage_rl(s).rollout) for s in cfg.stages]
+    if cfg.eval.enabled and cfg.eval.engine == "rollout":
+        rollouts.append(("rl.rollout (eval.engine: rollout)", cfg.rl.rollout))
+    for key, r in rollouts:
+        if r.workers or r.engine != "jax":
+            raise ValueError(f"{key}: engine={r.engine!r}, workers={r.workers} with a trainer of {processes} "
+                             f"processes; a multi-process run generates on the trainer's mesh (rollout.engine: jax, "
+                             f"rollout.workers: 0): Ray workers and SGLang servers are not driven across processes yet")
+
+
 def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool = True,
                  log: Log = print, only: str | None = None) -> dict:
     """Runs (or resumes) the pipeline of `cfg`; returns the summary written to `out/results.json`.
 
     `only="sft"` stops after SFT and its checkpoint pick (`ringjax sft`)."""
     check_inputs(cfg)
-    resumed = claim(cfg, overwrite, log)
+    resumed = _claim(cfg, overwrite, log)
     from ringjax.pipeline import stages  # imports JAX: after the cheap checks
 
     t0 = time.perf_counter()

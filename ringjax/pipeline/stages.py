@@ -73,7 +73,7 @@ def setup(cfg: PipelineConfig, log, rl: bool = True) -> Context:
     if rl:
         _start_ray(cfg)  # before JAX starts threads: Ray forks this process to start its own
     if cfg.mesh.distributed:
-        initialize_distributed()
+        initialize_distributed(detect=True)  # joined already by `run_pipeline`; other commands join here
     mesh = make_mesh(**cfg.mesh.axes())
     tokenizer = _tokenizer(cfg, data, log)
     log(f"ringjax: {len(data.prompts)} RL prompts, {len(data.eval)} held out, {len(data.sft)} SFT pairs; "

@@ -191,7 +191,7 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             sched.load_state_dict(extras["rollout"]["scheduler"])
             pool = decode_pool(extras["pool"]["responses"])
     writer = MetricsWriter(os.path.join(run_dir, "logs") if run_dir else "", enabled=run_dir is not None and
-                           jax.process_index() == 0)
+                           jax.process_index() == 0, resumed_at=int(state.step))
     engine = None
     history, stopped = [], False
     routing = collections.Counter()  # responses whose routing record was unusable: "dropped" (replay), "missing"

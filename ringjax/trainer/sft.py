@@ -291,8 +291,8 @@ def train_sft(model: Ling, examples: Sequence, cfg: SFTConfig, run_dir: str | No
                 raise
     logs = os.path.join(run_dir, "logs") if run_dir else ""
     enabled = run_dir is not None and jax.process_index() == 0
-    writer = MetricsWriter(logs, enabled=enabled)
-    eval_writer = MetricsWriter(os.path.join(logs, "eval"), prefix="eval", enabled=enabled)
+    writer = MetricsWriter(logs, enabled=enabled, resumed_at=int(state.step))
+    eval_writer = MetricsWriter(os.path.join(logs, "eval"), prefix="eval", enabled=enabled, resumed_at=int(state.step))
     history, stopped = [], False
     try:
         while int(state.step) < total:
