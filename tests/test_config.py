@@ -61,7 +61,7 @@ def test_unknown_rope_scaling_key_named():
     ({"compute": {"dtype": "float64"}}, "compute.dtype"),
     ({"compute": {"param_dtype": "int8"}}, "compute.param_dtype"),
     ({"compute": {"moe": "sparse"}}, "compute.moe"),
-    ({"compute": {"attention": "flash"}}, "compute.attention"),
+    ({"compute": {"attention": "flash2"}}, "compute.attention"),
     ({"compute": {"remat": "some"}}, "compute.remat"),
     ({"compute": {"logprob_chunk": 0}}, "compute.logprob_chunk"),
 ])
