@@ -5,6 +5,8 @@ log-probs cut the vocabulary in blocks. The rollout engine decodes on a context 
 Tolerances: the float32 bounds of tests/numerics.py, as in tests/test_sharding.py.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ from flax import nnx
 import ringjax
 from ringjax.sharding import check_context, make_mesh, state_shardings
 from numerics import EPS32, forward_chain, grad_chain, logit_scale, logprob_tol
-from test_sharding import random_state
+from test_sharding import _close, random_state
 
 LAYOUTS = {
     "context8": dict(fsdp=1, context=8),
@@ -67,17 +69,9 @@ class Case:
         return params, rest
 
 
-_CASES = {}
-
-
+@functools.cache
 def case(name):
-    if name not in _CASES:
-        _CASES[name] = Case(name)
-    return _CASES[name]
-
-
-def _close(a, b, tol, err=""):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=0, err_msg=err)
+    return Case(name)
 
 
 def _split_over_context(x, mesh):
@@ -126,8 +120,8 @@ def test_attention_gathers_keys_and_values_and_nothing_else_moves_whole_rows():
         hlo = c.forward.lower(state, *c.batch).compile().as_text()
     gathers = [line for line in hlo.splitlines() if "all-gather" in line and "=" in line]
     assert gathers, "no all-gather: the keys and values were not gathered"
-    per_layer = SEQ * c.cfg.num_key_value_heads * c.cfg.head_dim  # one row's K or V
-    assert any(f"[{ROWS},{SEQ},{c.cfg.num_key_value_heads},{c.cfg.head_dim}]" in line for line in gathers), per_layer
+    kv = f"[{ROWS},{SEQ},{c.cfg.num_key_value_heads},{c.cfg.head_dim}]"  # the whole rows' K or V
+    assert any(kv in line for line in gathers), gathers
 
 
 def test_a_context_axis_that_does_not_divide_the_row_is_refused():
