@@ -25,6 +25,9 @@ class RolloutConfig:
     heartbeat_timeout_s: float = 60.0  # Ray workers: seconds a heartbeat may go unanswered before the worker is
     # declared hung, killed and replaced (its requests reissued)
     rpc_timeout_s: float = 600.0  # Ray workers: seconds a call (configure, abort, update_weights) may take
+    weight_dtype: str | None = None  # Ray workers: floating weights cast to this ("bfloat16") before they are sent
+    weight_delta: bool = False  # Ray workers: send only the elements that changed since the last update, with
+    # checksums; a worker that cannot apply the delta gets the full weights (rollout.weight_delta)
     reward_workers: int = 4  # threads scoring complete groups while generation goes on
     reward_timeout_s: float = 60.0  # seconds one reward call may run (from its start) before it scores 0, counted
     zero_mismatch: bool = False  # embedded engine: log-probs bit-equal to the trainer's (rollout.zero_mismatch); slower
@@ -63,6 +66,11 @@ class RolloutConfig:
                              (self.zero_mismatch, "rollout.zero_mismatch=true (its decode reads no KV cache)")):
                 if bad:
                     raise ValueError(f"rollout.carry_kv=keep cannot hold with {why}")
+        if self.weight_dtype is not None and self.weight_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"rollout.weight_dtype={self.weight_dtype!r} is not 'bfloat16', 'float16' or 'float32'")
+        if (self.weight_delta or self.weight_dtype is not None) and not self.workers:
+            raise ValueError("rollout.weight_delta / rollout.weight_dtype apply to Ray workers; rollout.workers is 0 "
+                             "(the engine in this process shares the trainer's weights)")
         for name in ("reward_timeout_s", "heartbeat_timeout_s", "rpc_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"rollout.{name}={getattr(self, name)} must be > 0")

@@ -61,6 +61,7 @@ from flax import nnx
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.queue import Empty, Queue
 
+from rollout.weight_delta import DeltaMismatch, cast_weights, make_delta
 from rollout.weights import flat_weights
 from rollout.ray_worker import EngineFactory, Item, RolloutWorker
 from rollout.types import Output, Request
@@ -68,6 +69,7 @@ from rollout.types import Output, Request
 log = logging.getLogger(__name__)
 _RemoteWorker = ray.remote(RolloutWorker)
 _BACKLOG = -1  # worker index of requests waiting for a live worker
+NAMESPACE = "ringjax"  # Ray namespace of named workers (`RayEnginePool(name=...)`): `ray.get_actor(name, NAMESPACE)`
 
 
 class WorkerPoolError(RuntimeError):
@@ -116,13 +118,20 @@ class _Ticket:
 
 
 class RayEnginePool:
-    """Engine interface over `num_workers` Ray actors, each building its engine from `factory(worker_id)`."""
+    """Engine interface over `num_workers` Ray actors, each building its engine from `factory(worker_id)`.
+
+    Weights (`update_weights`): whole, put into the object store once per update; with `delta`, as a
+    `rollout.weight_delta.WeightDelta` against the previous update; `weight_dtype` casts them first ("bfloat16").
+    With `name`, the workers are named actors (`worker_names`: "NAME/k", a replacement "NAME/k.2", ...; namespace
+    `NAMESPACE`), so that trainer processes other than this one can send them their shards
+    (`rollout.shards.send_weights`)."""
 
     def __init__(self, factory: EngineFactory, num_workers: int, *, queue_size: int = 64, address: str | None = None,
                  max_restarts: int = 3, num_cpus: float = 0, runtime_env: dict | None = None,
                  max_concurrency: int = 4, poll_timeout: float = 0.05, abort_timeout: float = 120.0,
                  restart_timeout: float = 300.0, heartbeat_interval: float = 5.0, heartbeat_timeout: float = 60.0,
-                 rpc_timeout: float = 600.0):
+                 rpc_timeout: float = 600.0, delta: bool = False, weight_dtype: str | None = None,
+                 name: str | None = None):
         if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
             raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
                              f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
@@ -139,7 +148,10 @@ class RayEnginePool:
         self._factory = ray.put(factory)  # held here, sent with every `configure`: each (re)started worker needs it
         self._queue_size = queue_size
         self._queue = Queue(maxsize=queue_size, actor_options={"num_cpus": 0})
-        self._weights_ref: ray.ObjectRef | None = None  # None: the factory's weights
+        self.delta, self.weight_dtype = delta, weight_dtype
+        self._weights_ref: ray.ObjectRef | None = None  # the current weights in the object store; None: the factory's
+        self._pending_weights: dict[str, np.ndarray] | None = None  # the current weights if not put yet (delta mode)
+        self._sent: tuple[dict[str, np.ndarray], int] | None = None  # delta mode: the weights sent last, the version
         self._tickets: dict[int, _Ticket] = {}
         self._by_id: dict[str, int] = {}
         self._next_ticket = 0
@@ -147,6 +159,8 @@ class RayEnginePool:
         self._error: WorkerPoolError | None = None
         self._closed = False
         self.stats: collections.Counter = collections.Counter()
+        self.name, self._spawned = name, collections.Counter()
+        self.worker_names: list[str | None] = [None] * num_workers  # with `name`: each worker's actor name
         self._workers = [_Worker(self._spawn(i)) for i in range(num_workers)]
         infos = []
         calls = [w.handle.configure.remote(0, self._factory, self._queue, None, 0) for w in self._workers]
@@ -217,17 +231,40 @@ class RayEnginePool:
     def update_weights(self, weights: nnx.Module | nnx.State | Mapping[str, Any] | ray.ObjectRef, version: int) -> None:
         """Puts the weights into the object store once (or takes an `ObjectRef` of a flat mapping put already); every
         worker loads that one copy. Blocks until the live workers hold them (tokens sampled afterwards carry
-        `version`); recovering workers get them when they come back."""
+        `version`); recovering workers get them when they come back.
+
+        With `delta`, what goes into the object store is a `WeightDelta` against the weights sent last (kept here on
+        the host); a worker that cannot apply it (it holds another version, a checksum differs) gets the full
+        weights instead, counted in `stats["delta_repairs"]`. `stats["sync_bytes"]` counts what was put."""
         self._check_usable()
         if isinstance(weights, ray.ObjectRef):
-            ref = weights
+            flat, ref = None, weights
         else:
-            flat = weights if isinstance(weights, Mapping) else flat_weights(weights)
-            ref = ray.put({k: np.asarray(v) for k, v in flat.items()})
-        calls = {k: w.handle.update_weights.remote(ref, version) for k, w in enumerate(self._workers) if w.alive}
+            flat = cast_weights(weights if isinstance(weights, Mapping) else flat_weights(weights), self.weight_dtype)
+            ref = None
+        send, is_delta = ref, False
+        if self.delta and flat is not None and self._sent is not None:
+            delta = make_delta(self._sent[0], flat, self._sent[1], version)
+            send, is_delta = ray.put(delta), True
+            self.stats["sync_bytes"] += delta.nbytes
+            self.stats["delta_updates"] += 1
+        self._sent = (flat, int(version)) if self.delta and flat is not None else None
+        self._weights_ref, self._pending_weights, self.version = ref, flat, int(version)
+        if send is None:
+            send = self._current_weights()
+        calls = {k: w.handle.update_weights.remote(send, version) for k, w in enumerate(self._workers) if w.alive}
         for k, call in calls.items():
             try:
-                ray.get(call, timeout=self.rpc_timeout)
+                try:
+                    ray.get(call, timeout=self.rpc_timeout)
+                except RayTaskError as e:
+                    if not is_delta or not isinstance(e.as_instanceof_cause(), DeltaMismatch):
+                        raise
+                    log.warning("worker %d: the weight delta did not apply (%s); sending the full weights", k,
+                                e.as_instanceof_cause())
+                    self.stats["delta_repairs"] += 1
+                    ray.get(self._workers[k].handle.update_weights.remote(self._current_weights(), version),
+                            timeout=self.rpc_timeout)
                 self._workers[k].version = int(version)
             except GetTimeoutError:
                 self._failed(k, WorkerTimeout(f"worker {k}: update_weights did not answer in {self.rpc_timeout} s"))
@@ -235,7 +272,16 @@ class RayEnginePool:
                 self._failed(k, e)
             except RayTaskError as e:  # the weights do not fit the engine: every worker refuses them alike
                 raise e.as_instanceof_cause() from None
-        self._weights_ref, self.version = ref, int(version)
+
+    def _current_weights(self) -> ray.ObjectRef | None:
+        """The full current weights in the object store (put now if only a delta went there so far); None: the
+        factory's."""
+        if self._weights_ref is None and self._pending_weights is not None:
+            self._weights_ref = ray.put(self._pending_weights)
+            self.stats["sync_bytes"] += sum(v.nbytes for v in self._pending_weights.values())
+            self.stats["full_updates"] += 1
+            self._pending_weights = None
+        return self._weights_ref
 
     def num_pending(self) -> int:
         return len(self._tickets) + len(self._ready)
@@ -270,7 +316,13 @@ class RayEnginePool:
 
     # -- internals ---------------------------------------------------------------------------------------------------
     def _spawn(self, index: int):
-        return _RemoteWorker.options(**self._options).remote(index)  # no reference: see the module docstring
+        options = dict(self._options)
+        if self.name is not None:  # named, so that other processes find it (`worker_names`)
+            self._spawned[index] += 1
+            n = self._spawned[index]
+            self.worker_names[index] = f"{self.name}/{index}" + (f".{n}" if n > 1 else "")
+            options.update(name=self.worker_names[index], namespace=NAMESPACE)
+        return _RemoteWorker.options(**options).remote(index)  # no reference: see the module docstring
 
     def _start_loop(self, w: _Worker) -> None:
         w.alive, w.recovering, w.ping, w.last_seen = True, None, None, time.monotonic()
@@ -388,8 +440,8 @@ class RayEnginePool:
                                               f"{self.rpc_timeout} s"))
         for w in self._workers:
             if not w.alive and w.recovering is None and now >= w.retry_at:
-                w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue, self._weights_ref,
-                                                         self.version)
+                w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue,
+                                                         self._current_weights(), self.version)
                 w.recovering_by = now + self.rpc_timeout
         pending = {(w.loop if w.alive else w.recovering): k for k, w in enumerate(self._workers)}
         pending.pop(None, None)
@@ -419,9 +471,9 @@ class RayEnginePool:
                 self._failed(k, RuntimeError(f"worker {k}: restarted during recovery"))
                 continue
             w.version = info["version"]
-            if self._weights_ref is not None and w.version != self.version:  # weights changed while it restarted
+            if self._current_weights() is not None and w.version != self.version:  # weights changed meanwhile
                 try:
-                    w.version = ray.get(w.handle.update_weights.remote(self._weights_ref, self.version),
+                    w.version = ray.get(w.handle.update_weights.remote(self._current_weights(), self.version),
                                         timeout=self.rpc_timeout)
                 except GetTimeoutError:
                     self._failed(k, WorkerTimeout(f"worker {k}: update_weights did not answer in "

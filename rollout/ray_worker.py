@@ -1,8 +1,9 @@
 """A rollout worker as a Ray actor: one engine, a generation loop, finished outputs streamed into a shared queue.
 
 The actor is threaded (`max_concurrency` > 1): the pool runs `run(attempt)` in one thread for the life of the
-actor, while `submit`, `abort`, `update_weights`, `configure` and `ping` arrive in others. One lock serialises
-every engine call; submitted requests wait in an inbox that the loop moves into the engine before each `step()`.
+actor, while `submit`, `abort`, `update_weights` (whole, as a delta or in shards: `receive_weights`), `configure`
+and `ping` arrive in others. One lock serialises every engine call; submitted requests wait in an inbox that the
+loop moves into the engine before each `step()`.
 
 Every queue item is `(worker_id, attempt, ticket, Output)`. The pool numbers each dispatch of a request with a
 fresh `ticket` and each (re)start of a worker with a fresh `attempt`, so it can discard outputs that belong to a
@@ -33,6 +34,8 @@ from ringjax.model import LingConfig
 from rollout.jax_engine import JaxEngine
 from rollout.numerics import EngineNumerics
 from rollout.types import Engine, Output, Request
+from rollout.shards import Assembly, Part
+from rollout.weight_delta import DeltaMismatch, WeightDelta, apply_delta, checksum
 from rollout.weights import model_from_flat
 
 EngineFactory = Callable[[int], Engine]  # worker id -> engine; must pickle (it travels to the actor)
@@ -93,6 +96,8 @@ class RolloutWorker:
         self._held = 0  # outputs taken from the engine, not yet in the queue
         self.stats: collections.Counter = collections.Counter()
         self._engine_stats: dict = {}
+        self._assembly: Assembly | None = None  # a sharded update being received (rollout.shards)
+        self._assembly_lock = threading.Lock()
 
     # -- called by the pool ------------------------------------------------------------------------------------------
     def configure(self, attempt: int, factory: EngineFactory, queue, weights: Mapping[str, Any] | None,
@@ -140,13 +145,41 @@ class RolloutWorker:
         self.stats["aborted"] += len(outs)
         return [(self.worker_id, self._attempt, t, o) for t, o in outs]
 
-    def update_weights(self, weights: Mapping[str, Any], version: int) -> int:
+    def update_weights(self, weights: Mapping[str, Any] | WeightDelta, version: int) -> int:
+        """Loads `weights`, or a `WeightDelta` against the weights this worker received last (raises
+        `DeltaMismatch` when it holds another version or a checksum differs: the pool then sends the full ones)."""
         if self._engine is None:  # restarted, not configured yet: `configure` brings the pool's current weights
             return version
         with self._lock:
+            if isinstance(weights, WeightDelta):
+                if self._weights is None:
+                    raise DeltaMismatch(f"worker {self.worker_id}: a delta to version {weights.version} arrived, "
+                                        f"but the worker holds no weights it received (only its factory's)")
+                weights = apply_delta(self._weights[0], weights, self._weights[1])
             self._engine.update_weights(weights, version)
             self._weights = (weights, version)
         return version
+
+    def receive_weights(self, version: int, sender: int, senders: int, index: int, count: int,
+                        parts: Sequence[Part]) -> bool:
+        """Bucket `index` of `count` of a sharded update from trainer process `sender` of `senders`
+        (`rollout.shards.send_weights`); when the last bucket of `version` is in, builds the whole tensors and loads
+        them (True). A bucket of a newer version drops an unfinished older one (counted)."""
+        with self._assembly_lock:
+            if self._assembly is None or self._assembly.version != version:
+                if self._assembly is not None:
+                    self.stats["assemblies_dropped"] += 1
+                self._assembly = Assembly(version, senders)
+            if not self._assembly.add(sender, index, count, parts):
+                return False
+            weights, self._assembly = self._assembly.weights(), None
+        self.update_weights(weights, version)
+        return True
+
+    def weight_checksums(self) -> dict[str, int]:
+        """{name: CRC-32} of the weights this worker received last (to check them against the sender's)."""
+        with self._lock:
+            return {} if self._weights is None else {k: checksum(np.asarray(v)) for k, v in self._weights[0].items()}
 
     def num_pending(self) -> int:
         return len(self._inbox) + len(self._tickets) + self._held

@@ -1,6 +1,7 @@
-"""RayEnginePool on a real local Ray cluster: parity with a local JaxEngine, back-pressure, weight updates, a worker
-killed mid-generation, a worker stopped (SIGSTOP) mid-generation, a call to a stopped worker timing out, the queue's
-actor killed mid-generation, abort, engine exceptions inside a worker, giving up after too many restarts.
+"""RayEnginePool on a real local Ray cluster: parity with a local JaxEngine, back-pressure, weight updates (full and
+as deltas, with the repair of a worker the delta does not fit), a worker killed mid-generation, a worker stopped
+(SIGSTOP) mid-generation, a call to a stopped worker timing out, the queue's actor killed mid-generation, abort,
+engine exceptions inside a worker, giving up after too many restarts.
 
 Workers run with ONE simulated CPU device (the test process has 8, see conftest.py) and the same matmul precision
 as the test process. Each worker process compiles its own functions (a compilation cache shared by the workers
@@ -257,6 +258,41 @@ def test_update_weights_tags_later_tokens(pool, local, weights):
     for i in want:
         assert np.all(got[i].versions == 2)
         assert_same(got[i], want[i])
+
+
+def test_delta_updates_send_what_changed_and_a_worker_holding_other_weights_gets_the_full_ones(pool, local, weights):
+    pool.delta = True
+    try:
+        pool.update_weights(weights[0], 10)  # no base yet: the full weights
+        full = sum(v.nbytes for v in weights[0].values())
+        sent, stats = pool.stats["sync_bytes"], dict(pool.stats)
+        rng = np.random.default_rng(4)
+        nudged = {k: v.copy() for k, v in weights[0].items()}
+        for name in sorted(nudged)[:3]:  # a few elements of three tensors move
+            nudged[name].reshape(-1)[rng.choice(nudged[name].size, 4, replace=False)] += 0.01
+        pool.update_weights(nudged, 11)
+        assert pool.stats["delta_updates"] == stats.get("delta_updates", 0) + 1
+        assert pool.stats["sync_bytes"] - sent < full / 10, "a delta of 12 elements should be small"
+        requests = make_requests("d", 6, 12, seed=5)
+        got = run_to_completion(pool, requests)
+        want = reference(local, requests, nudged, 11)
+        for i in want:
+            assert_same(got[i], want[i])
+
+        # Worker 0 holds other weights under the same version (corrupted), worker 1 another version (missed one).
+        ray.get(pool.workers[0].update_weights.remote(weights[1], 11))
+        ray.get(pool.workers[1].update_weights.remote(weights[1], 7))
+        repairs, fulls = pool.stats["delta_repairs"], pool.stats["full_updates"]
+        nudged2 = {k: v.copy() for k, v in nudged.items()}
+        nudged2[sorted(nudged2)[0]].reshape(-1)[:2] -= 0.01
+        pool.update_weights(nudged2, 12)
+        assert pool.stats["delta_repairs"] == repairs + 2 and pool.stats["full_updates"] == fulls + 1
+        got = run_to_completion(pool, requests)
+        want = reference(local, requests, nudged2, 12)
+        for i in want:
+            assert_same(got[i], want[i])
+    finally:
+        pool.delta = False
 
 
 def test_killed_worker_requests_are_reissued_exactly_once(pool, local, weights):

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 
 def _pool_options(r) -> dict:
-    """RayEnginePool settings of a `rollout:` section: queue, cluster, hang deadlines."""
+    """RayEnginePool settings of a `rollout:` section: queue, cluster, hang deadlines, weight transfer."""
     return dict(queue_size=r.queue_size, address=r.ray_address, heartbeat_timeout=r.heartbeat_timeout_s,
-                heartbeat_interval=min(5.0, r.heartbeat_timeout_s / 4), rpc_timeout=r.rpc_timeout_s)
+                heartbeat_interval=min(5.0, r.heartbeat_timeout_s / 4), rpc_timeout=r.rpc_timeout_s,
+                delta=r.weight_delta, weight_dtype=r.weight_dtype)
 
 
 def make_engine(model: Ling, cfg: RLConfig, mesh=None, run_dir: str | None = None, *, slots: int | None = None,

@@ -1,0 +1,114 @@
+"""Sharded weight transfer between processes: two `jax.distributed` CPU trainer processes (2 devices each, the model
+sharded over a (fsdp 2, expert 2) mesh spanning both) send their shards (`rollout.shards.send_weights`, bfloat16,
+64 kB buckets) to a rollout worker of a `RayEnginePool` in a third process, each holding and sending only its own
+share. The worker's weights must equal, tensor by tensor (CRC-32 of the bfloat16 bytes), the same model loaded
+from the Orbax checkpoint the trainer processes wrote; and its greedy outputs must equal a local `JaxEngine` on that
+disk load. The senders are tests/shard_sender.py subprocesses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+import ringjax
+from ringjax.trainer.model_checkpoint import restore_model
+from rollout.jax_engine import JaxEngine, run_to_completion
+from rollout.ray_pool import RayEnginePool
+from rollout.ray_worker import JaxEngineFactory
+from rollout.types import Request, SamplingParams
+from rollout.weight_delta import cast_weights, checksum
+from rollout.weights import flat_weights, model_from_flat
+
+SENDER = Path(__file__).with_name("shard_sender.py")
+ROOT = SENDER.parent.parent
+TIMEOUT_S = 300
+WORKER_ENV = {"env_vars": {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+                           "JAX_DEFAULT_MATMUL_PRECISION": "highest"}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if "[Gloo]" not in ln]
+    return "\n".join(lines[-n:])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, logging_level="warning")
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def test_two_trainer_processes_send_their_shards_to_a_worker(cluster, tmp_path):
+    cfg = ringjax.preset("tiny-v2")
+    start = {k: np.asarray(v) for k, v in flat_weights(ringjax.create_model(cfg, seed=0)).items()}
+    factory = JaxEngineFactory(cfg, start, slots=4, max_context=64, decode_chunk=4)
+    with RayEnginePool(factory, 1, runtime_env=WORKER_ENV, name=f"shards-{uuid.uuid4().hex[:6]}") as pool:
+        name = pool.worker_names[0]
+        dist = {"RINGJAX_COORDINATOR": f"localhost:{_free_port()}", "RINGJAX_NUM_PROCESSES": "2",
+                "RAY_ADDRESS": cluster, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                                     os.environ.get("PYTHONPATH")]))}
+        procs = []
+        try:
+            for i in range(2):
+                log = open(tmp_path / f"sender{i}.log", "w")  # closed below
+                cmd = [sys.executable, str(SENDER), str(tmp_path / "ckpt"), name, str(tmp_path / f"sender{i}.json")]
+                procs.append((subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **dist, "RINGJAX_PROCESS_ID": str(i)},
+                                               stdout=log, stderr=subprocess.STDOUT), log))
+            deadline = time.monotonic() + TIMEOUT_S
+            for i, (proc, _) in enumerate(procs):
+                proc.wait(timeout=max(1, deadline - time.monotonic()))
+                assert proc.returncode == 0, f"sender {i} exited with {proc.returncode}:\n" \
+                                             f"{_tail(tmp_path / f'sender{i}.log')}"
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+        sent = [json.loads((tmp_path / f"sender{i}.json").read_text()) for i in range(2)]
+
+        disk = restore_model(str(tmp_path / "ckpt"))  # the disk load
+        want = cast_weights(flat_weights(disk), "bfloat16")
+        total = sum(v.nbytes for v in want.values())
+        assert [s["devices"] for s in sent] == [4, 4]
+        assert [s["large_arrays_whole_here"] for s in sent] == [0, 0], "every large array spans both processes"
+        assert sum(s["bytes"] for s in sent) == total, "each element is sent once, by one process"
+        assert all(0 < s["bytes"] < total for s in sent) and all(s["buckets"] > 1 for s in sent)
+        assert all(s["resent"] == 0 for s in sent)
+
+        worker = pool.workers[0]
+        info = ray.get(worker.ping.remote())
+        assert info["version"] == 3 and not info["stats"].get("assemblies_dropped")
+        got = ray.get(worker.weight_checksums.remote())
+        assert sorted(got) == sorted(want)
+        bad = [k for k in want if got[k] != checksum(want[k])]
+        assert not bad, f"tensors that differ from the disk load: {bad[:5]}"
+
+        rng = np.random.default_rng(0)
+        requests = [Request(f"s{i}", rng.integers(1, 512, size=int(rng.integers(3, 10))),
+                            SamplingParams(temperature=0.0, max_tokens=8)) for i in range(4)]
+        outs = run_to_completion(pool, requests)
+        local = JaxEngine(model_from_flat(cfg, want), slots=4, max_context=64, decode_chunk=4, version=3)
+        ref = run_to_completion(local, requests)
+        for r in requests:
+            np.testing.assert_array_equal(outs[r.id].tokens, ref[r.id].tokens)
+            np.testing.assert_allclose(outs[r.id].logprobs, ref[r.id].logprobs, atol=1e-5, rtol=0)
+            assert np.all(outs[r.id].versions == 3)
