@@ -1,15 +1,20 @@
 """Seconds per weight update, per transfer path, against the memory-copy bound of the same bytes.
 
     PYTHONPATH=. python3 benchmarks/weight_sync_bench.py [--size bench-100m] [--repeats 3] [--lrs 1e-6,1e-5]
-        [--skip-ray] [--skip-sglang] [--out docs/weight_sync.json]
+        [--bucket-mb 64] [--skip-ray] [--skip-sglang] [--out docs/weight_sync.json]
 
 The policy is `--size`'s model; what travels is its weights in bfloat16 (`bytes`). Per path, the median of --repeats
 updates after one warm-up (`first_s`):
 - copy_bound: `np.copyto` of every bfloat16 tensor into a preallocated one: the least any transfer of these bytes
   costs on this machine (one pass of reads and writes; `copy_gb_per_s`).
+- cast_to_bfloat16: the trainer's cast of its float32 weights (part of every Ray update below).
 - jax_engine_in_process: `JaxEngine.update_weights` with the trainer's live model (no transfer: a state swap).
+- jax_engine_load_host_weights: the same engine given the bfloat16 host weights: what a worker does with what it
+  received (builds a float32 model from them and swaps it in), without any transfer.
 - ray_full: `RayEnginePool.update_weights` with one worker (`rollout.weight_dtype=bfloat16`): cast, put into the
   object store, the worker reads it and loads its engine.
+- ray_shards: `rollout.shards.send_weights` from this process (the only sender) to the same kind of worker: the
+  trainer's shards copied to the host and cast bucket by bucket (--bucket-mb), put, assembled by the worker, loaded.
 - ray_delta/lr=...: the same pool with `rollout.weight_delta`, after an update of the float32 master weights by one
   Adam-like step of size lr per element (lr * sign of a normal draw: Adam's first step, an upper bound on
   later ones); `changed_fraction` of the bfloat16 elements and the delta's bytes, plus the time of `make_delta` and
@@ -35,6 +40,7 @@ import numpy as np
 from ringjax.hf import save_pretrained
 from ringjax.model import create_model, preset
 from rollout.jax_engine import JaxEngine
+from rollout.shards import send_weights
 from rollout.weight_delta import apply_delta, cast_weights, make_delta
 from rollout.weights import flat_weights
 from _summary import emit_summary
@@ -91,30 +97,39 @@ def bench_delta_math(master, lr: float, repeats: int) -> dict:
             "make_delta_s": make["median_s"], "apply_delta_s": apply["median_s"]}
 
 
-def bench_jax_engine(model, repeats: int) -> dict:
+def bench_jax_engine(model, sent: dict[str, np.ndarray], repeats: int) -> dict:
+    """The engine in the trainer's process, given the live model (a state swap), and given host weights (what a
+    worker does with what it received: build the model from them, float32, and swap it in)."""
     engine = JaxEngine(model, slots=2, max_context=64)
     try:
-        return _timed(lambda i: engine.update_weights(model, i), repeats)
+        return {"jax_engine_in_process": _timed(lambda i: engine.update_weights(model, i), repeats),
+                "jax_engine_load_host_weights": _timed(lambda i: engine.update_weights(sent, i), repeats)}
     finally:
         engine.close()
 
 
-def bench_ray(model, master, lrs: list[float], repeats: int) -> dict:
+def bench_ray(model, master, lrs: list[float], repeats: int, bucket_bytes: int) -> dict:
     import ray
 
-    from rollout.ray_pool import RayEnginePool, start_ray
+    from rollout.ray_pool import RayEnginePool
     from rollout.ray_worker import JaxEngineFactory
 
-    owns = start_ray(None, include_dashboard=False)
     rows = {}
     try:
         env = {"env_vars": {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}}
         factory = JaxEngineFactory(model.config, master, slots=2, max_context=64)
-        for delta in (False, True):
-            pool = RayEnginePool(factory, 1, runtime_env=env, weight_dtype="bfloat16", delta=delta)
+        live = flat_weights(model)  # the trainer's device arrays
+        for mode in ("full", "shards", "delta"):
+            pool = RayEnginePool(factory, 1, runtime_env=env, weight_dtype="bfloat16", delta=mode == "delta",
+                                 name=f"weight-sync-bench-{mode}")
             try:
-                if not delta:
+                if mode == "full":
                     rows["ray_full"] = _timed(lambda i, p=pool: p.update_weights(master, i), repeats)
+                    continue
+                if mode == "shards":
+                    rows["ray_shards"] = _timed(lambda i, p=pool: send_weights(
+                        p.workers, live, i, dtype="bfloat16", bucket_bytes=bucket_bytes), repeats)
+                    rows["ray_shards"]["bucket_bytes"] = bucket_bytes
                     continue
                 for lr in lrs:
                     steps = [master]
@@ -130,8 +145,7 @@ def bench_ray(model, master, lrs: list[float], repeats: int) -> dict:
             finally:
                 pool.close()
     finally:
-        if owns:
-            ray.shutdown()
+        ray.shutdown()
     return rows
 
 
@@ -168,12 +182,17 @@ def main():
     ap.add_argument("--size", default="bench-100m")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lrs", default="1e-6,1e-5")
+    ap.add_argument("--bucket-mb", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-sglang", action="store_true")
     ap.add_argument("--sglang-start-timeout", type=float, default=600.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     lrs = [float(x) for x in args.lrs.split(",")]
+    if not args.skip_ray:  # Ray forks its processes: start it before JAX starts threads (as the pipeline does)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        from rollout.ray_pool import start_ray
+        start_ray(None, include_dashboard=False)
 
     model = create_model(preset(args.size))
     master = {k: np.asarray(v) for k, v in flat_weights(model).items()}
@@ -184,9 +203,10 @@ def main():
     rows["copy_bound"]["copy_gb_per_s"] = round(nbytes / bound / 1e9, 2)
     for lr in lrs:
         rows[f"delta_math/lr={lr:g}"] = bench_delta_math(master, lr, args.repeats)
-    rows["jax_engine_in_process"] = bench_jax_engine(model, args.repeats)
+    rows["cast_to_bfloat16"] = _timed(lambda _: cast_weights(master, "bfloat16"), args.repeats)
+    rows.update(bench_jax_engine(model, sent, args.repeats))
     if not args.skip_ray:
-        rows.update(bench_ray(model, master, lrs, args.repeats))
+        rows.update(bench_ray(model, master, lrs, args.repeats, args.bucket_mb << 20))
     if not args.skip_sglang:
         rows.update(bench_sglang(model, args))
     for name, row in rows.items():

@@ -24,7 +24,7 @@ _OVERRIDES_HELP = "dotted overrides, e.g. out=runs/x seed=1 stages.0.steps=5 rl.
 
 def _input(typed: str, what: str) -> str:
     """An input path given on the command line, absolute; FileNotFoundError naming it as typed and as resolved."""
-    path = user_path(typed)
+    path = user_path(typed, what)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} {shown_path(typed, path)} does not exist")
     return path
@@ -94,7 +94,7 @@ def _export(args) -> int:
     from ringjax.model import create_model, preset
     from ringjax.trainer.model_checkpoint import restore_model
 
-    tokenizer, out = None, user_path(args.out)
+    tokenizer, out = None, user_path(args.out, "export destination")
     if args.src.startswith("preset:"):
         model = create_model(preset(args.src.split(":", 1)[1]), seed=args.seed)
     else:
@@ -132,7 +132,7 @@ def _import(args) -> int:
     from ringjax.trainer.model_checkpoint import save_model
 
     model = from_pretrained(_input(args.src, "import source"), param_dtype=args.dtype)
-    step_dir = save_model(model, user_path(args.out))
+    step_dir = save_model(model, user_path(args.out, "import destination"))
     print(json.dumps({"checkpoint": step_dir, "architecture": model.config.architecture,
                       "use": f"model.checkpoint={step_dir}"}))
     return 0

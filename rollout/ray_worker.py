@@ -69,10 +69,11 @@ class SGLangEngineFactory:
 
     config: Any  # rollout.sglang.engine.SGLangConfig
     model_config: LingConfig | None = None
+    env: dict[str, str] | None = None  # the server's environment; None: the worker's
 
     def __call__(self, worker_id: int = 0):
         from rollout.sglang.engine import SGLangEngine
-        return SGLangEngine(self.config, model_config=self.model_config)
+        return SGLangEngine(self.config, model_config=self.model_config, env=self.env)
 
 
 class StaleAttempt(RuntimeError):

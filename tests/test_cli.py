@@ -56,10 +56,13 @@ def test_export_preset_then_info_and_reload(tmp_path, capsys):
 @pytest.mark.parametrize("argv, culprit", [
     (["info", "preset:ling-huge"], "ling-huge"),
     (["export", "does/not/exist", "out"], "does/not/exist"),
+    (["export", "preset:tiny-v1", "gs://bucket/model"], "export destination='gs://bucket/model': object-store URLs"),
+    (["train", "out=gs://bucket/run"], "out='gs://bucket/run': object-store URLs are not supported"),
+    (["train", "out=out", "data.source=files", "data.prompts=s3://b/p.jsonl"], "data.prompts='s3://b/p.jsonl'"),
 ])
 def test_bad_input_names_the_culprit(argv, culprit, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ringjax {argv[0]}: error:") and culprit in err
-    assert not os.path.exists(tmp_path / "out")
+    assert not os.listdir(tmp_path), "nothing is written (a URL read as a relative path made a local 'gs:' folder)"

@@ -26,16 +26,16 @@ from ringjax.trainer.sft import SFTConfig
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.yaml")
 
 
-def _resolve_paths(section: Any, *names: str) -> None:
-    """Makes the path fields `names` of the frozen `section` absolute (`user_path`) and remembers what was typed
-    (`section._typed`, resolved -> typed) for error messages."""
+def _resolve_paths(section: Any, prefix: str, *names: str) -> None:
+    """Makes the path fields `names` of the frozen `section` (`prefix`: its dotted key, "" at the top) absolute
+    (`user_path`) and remembers what was typed (`section._typed`, resolved -> typed) for error messages."""
     typed = dict(getattr(section, "_typed", {}))
     for name in names:
         value = getattr(section, name)
         if value is None:
             continue
         paths = (value,) if isinstance(value, str) else tuple(value)
-        resolved = tuple(user_path(p) for p in paths)
+        resolved = tuple(user_path(p, prefix + name) for p in paths)
         typed.update({r: typed.get(p, p) for r, p in zip(resolved, paths)})
         object.__setattr__(section, name, resolved[0] if isinstance(value, str) else resolved)
     object.__setattr__(section, "_typed", typed)
@@ -66,7 +66,7 @@ class ModelSection:
             raise ValueError("set model.preset (architecture, random init), model.hf_path or model.checkpoint")
         if not self.preset and set(self.overrides) - {"compute"}:
             raise ValueError(f"model.overrides {sorted(set(self.overrides) - {'compute'})} apply to presets only")
-        _resolve_paths(self, "hf_path", "checkpoint")
+        _resolve_paths(self, "model.", "hf_path", "checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ class TokenizerSection:
     def __post_init__(self):
         if self.kind not in ("bpe", "hf"):
             raise ValueError(f"tokenizer.kind={self.kind!r} is not 'bpe' or 'hf'")
-        _resolve_paths(self, "path")
+        _resolve_paths(self, "tokenizer.", "path")
 
 
 SYNTHETIC_DOMAINS = ("math", "code", "logic")  # the fields of SyntheticSection giving each domain's prompt count
@@ -154,7 +154,7 @@ class DataSection:
         for name in ("prompts", "eval_prompts", "sft"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        _resolve_paths(self, "prompts", "eval_prompts", "sft")
+        _resolve_paths(self, "data.", "prompts", "eval_prompts", "sft")
         if self.source == "files" and not self.prompts:
             raise ValueError("data.prompts is empty: give prompt files or set data.source: synthetic")
 
@@ -285,7 +285,7 @@ class PipelineConfig:
     export: ExportSection = ExportSection()  # the final Hugging Face folder
 
     def __post_init__(self):
-        _resolve_paths(self, "out")
+        _resolve_paths(self, "", "out")
         stages = tuple(s if isinstance(s, StageSection) else from_dict(StageSection, s, f"stages.{i}.")
                        for i, s in enumerate(self.stages))
         object.__setattr__(self, "stages", stages)
