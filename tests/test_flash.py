@@ -129,3 +129,28 @@ def test_no_block_spans_the_row():
     blocked, flash = temp("xla"), temp("flash")
     assert blocked >= 3 * 64 * 2**20, blocked
     assert flash < blocked / 3, (flash, blocked)
+
+
+def test_masks_are_not_hoisted_out_of_a_scan_over_layers():
+    """Inside a remat'd scan over layers (as in the model) the block masks depend only on positions and segment
+    ids, which the layers share. JAX used to hoist them out of the layer loop all at once: [n, n, B, G, R, chunk,
+    chunk] booleans for every (query block, key block) pair, 128 MiB for this 4096-token row (2 GiB at 16k).
+    flash_attention ties the integers to the queries so that each mask is built inside its block."""
+    b, s, n, g, d = 1, 4096, 8, 2, 32
+    pos = jnp.arange(s)[None]
+    seg = jnp.zeros((1, s), jnp.int32)
+
+    def layer(x, w):
+        def body(x, w):
+            q = (x @ w).reshape(b, s, n, d)
+            return x + flash_attention(q, q[:, :, :g], q[:, :, :g], pos, pos, seg, seg, 512).reshape(b, s, n * d)
+        return jax.checkpoint(body)(x, w), None
+
+    def loss(x, ws):
+        return jnp.sum(jax.lax.scan(layer, x, ws)[0] ** 2)
+
+    x = jax.ShapeDtypeStruct((b, s, n * d), jnp.float32)
+    ws = jax.ShapeDtypeStruct((2, n * d, n * d), jnp.float32)
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, ws).compile()
+    assert "pred[8,8," not in compiled.as_text(), "every block pair's mask is materialised at once"
+    assert compiled.memory_analysis().temp_size_in_bytes < 128 * 2**20  # 76 MiB here
