@@ -226,6 +226,15 @@ def unsharded_large_params(state: nnx.State, min_size: int = 2**14) -> list[tupl
     return found
 
 
+def process_layout() -> tuple[int, int]:
+    """(this process's index, the number of processes) of a run joined by `initialize_distributed`, read without
+    starting JAX's backends (so that Ray may still fork this process); (0, 1) when it joined none."""
+    from jax._src import distributed  # the state jax.distributed.initialize keeps (no public accessor)
+
+    state = distributed.global_state
+    return (state.process_id or 0, state.num_processes or 1) if state.client is not None else (0, 1)
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, detect: bool = False) -> None:
     """Joins a multi-process JAX run (once; later calls do nothing).

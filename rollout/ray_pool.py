@@ -52,7 +52,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,8 +76,17 @@ class WorkerPoolError(RuntimeError):
     """The pool gave up: a worker failed more often than `max_restarts` allows."""
 
 
-class WorkerTimeout(TimeoutError):
-    """A worker did not answer a call (or a heartbeat) in time; says which worker and which call."""
+class WorkerError(Exception):
+    """A call to a worker failed; says which worker and which call (`worker`: its label, where the raiser knew
+    it)."""
+
+    def __init__(self, message: str, worker: Any = None):
+        super().__init__(message)
+        self.worker = worker
+
+
+class WorkerTimeout(WorkerError, TimeoutError):
+    """A worker did not answer a call (or a heartbeat) in time."""
 
 
 def start_ray(address: str | None = None, **init_kwargs) -> bool:
@@ -105,6 +114,7 @@ class _Worker:
     give_up_at: float = 0.0  # the restart is taking too long: replace the actor
     failures: int = 0
     version: int = 0  # the weights version this attempt holds
+    awaiting: bool = False  # configured, its loop not started: waits for the trainer's shards (`send_shards`)
     ping: ray.ObjectRef | None = None  # the heartbeat in flight
     ping_sent: float = 0.0
     last_seen: float = 0.0  # when the worker last answered a heartbeat (or started its loop)
@@ -124,14 +134,22 @@ class RayEnginePool:
     `rollout.weight_delta.WeightDelta` against the previous update; `weight_dtype` casts them first ("bfloat16").
     With `name`, the workers are named actors (`worker_names`: "NAME/k", a replacement "NAME/k.2", ...; namespace
     `NAMESPACE`), so that trainer processes other than this one can send them their shards
-    (`rollout.shards.send_weights`)."""
+    (`rollout.shards.send_weights`).
+
+    With `send_shards`, the pool holds no weights: `send_shards({actor name: handle}, version)` has every trainer
+    process send its shards of the current weights to those workers (`ringjax.trainer.driver.Driver.send_shards`)
+    and returns once they hold them; `update_weights` calls it for every worker, and a worker that (re)starts waits,
+    held out of dispatch, until `step()` has sent it the current version the same way (`stats["resyncs"]`). Until
+    the first `update_weights`, no worker takes requests. Needs `name`."""
 
     def __init__(self, factory: EngineFactory, num_workers: int, *, queue_size: int = 64, address: str | None = None,
                  max_restarts: int = 3, num_cpus: float = 0, runtime_env: dict | None = None,
                  max_concurrency: int = 4, poll_timeout: float = 0.05, abort_timeout: float = 120.0,
                  restart_timeout: float = 300.0, heartbeat_interval: float = 5.0, heartbeat_timeout: float = 60.0,
                  rpc_timeout: float = 600.0, delta: bool = False, weight_dtype: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, send_shards: Callable[[Mapping[str, Any], int], Any] | None = None):
+        if send_shards is not None and name is None:
+            raise ValueError("RayEnginePool(send_shards=...) needs a name: the trainer processes find workers by it")
         if num_workers < 1 or queue_size < 1 or max_concurrency < 2:
             raise ValueError(f"num_workers={num_workers} and queue_size={queue_size} must be >= 1, "
                              f"max_concurrency={max_concurrency} >= 2 (the loop occupies one thread)")
@@ -148,7 +166,7 @@ class RayEnginePool:
         self._factory = ray.put(factory)  # held here, sent with every `configure`: each (re)started worker needs it
         self._queue_size = queue_size
         self._queue = Queue(maxsize=queue_size, actor_options={"num_cpus": 0})
-        self.delta, self.weight_dtype = delta, weight_dtype
+        self.delta, self.weight_dtype, self._send_shards = delta, weight_dtype, send_shards
         self._weights_ref: ray.ObjectRef | None = None  # the current weights in the object store; None: the factory's
         self._pending_weights: dict[str, np.ndarray] | None = None  # the current weights if not put yet (delta mode)
         self._sent: tuple[dict[str, np.ndarray], int] | None = None  # delta mode: the weights sent last, the version
@@ -175,7 +193,7 @@ class RayEnginePool:
                 raise WorkerPoolError(f"worker {i} failed to start: {e}") from e
         self.version = infos[0]["version"]
         for w, info in zip(self._workers, infos):
-            w.version = info["version"]
+            w.version = info["version"] if send_shards is None else -1  # -1: the factory's, not the trainer's
             self._start_loop(w)
 
     # -- Engine interface --------------------------------------------------------------------------------------------
@@ -221,7 +239,7 @@ class RayEnginePool:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"abort: no output for {sorted(wanted & set(self._by_id))[:3]} "
                                    f"after {self.abort_timeout} s")
-            self._check_workers()
+            self._check_workers(resync=False)
             self._abort_backlog(wanted)
             self._collect(self.poll_timeout)
         out = [o for o in self._ready if o.id in wanted]
@@ -237,6 +255,10 @@ class RayEnginePool:
         the host); a worker that cannot apply it (it holds another version, a checksum differs) gets the full
         weights instead, counted in `stats["delta_repairs"]`. `stats["sync_bytes"]` counts what was put."""
         self._check_usable()
+        if self._send_shards is not None:  # the trainer's processes send their shards
+            self.version = int(version)
+            self._sync([k for k, w in enumerate(self._workers) if w.alive or w.awaiting])
+            return
         if isinstance(weights, ray.ObjectRef):
             flat, ref = None, weights
         else:
@@ -272,6 +294,29 @@ class RayEnginePool:
                 self._failed(k, e)
             except RayTaskError as e:  # the weights do not fit the engine: every worker refuses them alike
                 raise e.as_instanceof_cause() from None
+
+    def _sync(self, ks: list[int]) -> None:
+        """`send_shards` of the current version to workers `ks`; a worker that fails it is failed (and comes back
+        later), the others are sent again; then they take requests."""
+        pending = list(ks)
+        while pending:
+            try:
+                self._send_shards({self.worker_names[k]: self._workers[k].handle for k in pending}, self.version)
+                break
+            except WorkerError as e:
+                if e.worker not in self.worker_names or self.worker_names.index(e.worker) not in pending:
+                    raise
+                k = self.worker_names.index(e.worker)
+                pending.remove(k)
+                self._failed(k, e)
+        for k in pending:
+            w = self._workers[k]
+            w.version = self.version
+            if w.awaiting:
+                w.awaiting = False
+                self.stats["resyncs"] += 1
+                log.info("worker %d holds version %d again (attempt %d)", k, self.version, w.attempt)
+                self._start_loop(w)
 
     def _current_weights(self) -> ray.ObjectRef | None:
         """The full current weights in the object store (put now if only a delta went there so far); None: the
@@ -360,7 +405,8 @@ class RayEnginePool:
         return t
 
     def _dispatch(self) -> None:
-        live = [k for k, w in enumerate(self._workers) if w.alive]
+        live = [k for k, w in enumerate(self._workers)
+                if w.alive and (self._send_shards is None or w.version == self.version)]
         backlog = [t for t, tk in self._tickets.items() if tk.worker == _BACKLOG]
         if not live or not backlog:
             return
@@ -410,8 +456,8 @@ class RayEnginePool:
         self._reissue(lambda worker: worker != _BACKLOG)
         now = time.monotonic()
         for w in self._workers:
-            if w.alive or w.recovering is not None:  # a worker waiting for its retry keeps waiting
-                w.alive, w.loop, w.recovering, w.ping = False, None, None, None
+            if w.alive or w.recovering is not None or w.awaiting:  # a worker waiting for its retry keeps waiting
+                w.alive, w.loop, w.recovering, w.ping, w.awaiting = False, None, None, None, False
                 w.attempt += 1
                 w.retry_at, w.give_up_at = 0.0, now + self.restart_timeout
 
@@ -431,15 +477,24 @@ class RayEnginePool:
             if self._tickets[t].worker == _BACKLOG:
                 self._accept_all([(_BACKLOG, -1, t, Output(i, [], [], [], "abort"))])
 
-    def _check_workers(self) -> None:
+    def _check_workers(self, resync: bool = True) -> None:
+        """Heartbeats, recoveries; `resync`: workers back from a restart get the trainer's shards now (not inside
+        `abort`, which may run after a train step, before `update_weights` names the new version)."""
         self._heartbeats()
+        self._recover()
+        awaiting = [k for k, w in enumerate(self._workers) if w.awaiting]
+        if resync and awaiting:
+            self._sync(awaiting)
+
+    def _recover(self) -> None:
+        """Starts the recovery of failed workers and takes the answers of recoveries in flight."""
         now = time.monotonic()
         for k, w in enumerate(self._workers):
             if not w.alive and w.recovering is not None and now > w.recovering_by:
                 self._failed(k, WorkerTimeout(f"worker {k} (attempt {w.attempt}): configure did not answer in "
                                               f"{self.rpc_timeout} s"))
         for w in self._workers:
-            if not w.alive and w.recovering is None and now >= w.retry_at:
+            if not w.alive and not w.awaiting and w.recovering is None and now >= w.retry_at:
                 w.recovering = w.handle.configure.remote(w.attempt, self._factory, self._queue,
                                                          self._current_weights(), self.version)
                 w.recovering_by = now + self.rpc_timeout
@@ -471,6 +526,9 @@ class RayEnginePool:
                 self._failed(k, RuntimeError(f"worker {k}: restarted during recovery"))
                 continue
             w.version = info["version"]
+            if self._send_shards is not None:  # held out until the trainer's processes send it their shards
+                w.awaiting = True
+                continue
             if self._current_weights() is not None and w.version != self.version:  # weights changed meanwhile
                 try:
                     w.version = ray.get(w.handle.update_weights.remote(self._current_weights(), self.version),
@@ -488,7 +546,7 @@ class RayEnginePool:
     def _failed(self, k: int, error: Exception) -> None:
         """Worker `k` failed: reissue what it held, start its recovery (see the module docstring)."""
         w = self._workers[k]
-        was_alive, w.alive, w.loop, w.recovering, w.ping = w.alive, False, None, None, None
+        was_alive, w.alive, w.loop, w.recovering, w.ping, w.awaiting = w.alive, False, None, None, None, False
         w.failures += 1
         self.stats["restarts"] += 1
         log.warning("worker %d (attempt %d) failed: %s: %s", k, w.attempt, type(error).__name__, error)

@@ -36,7 +36,7 @@ from rollout.numerics import EngineNumerics
 from rollout.types import Engine, Output, Request
 from rollout.shards import Assembly, Part
 from rollout.weight_delta import DeltaMismatch, WeightDelta, apply_delta, checksum
-from rollout.weights import model_from_flat
+from rollout.weights import model_from_flat, zero_weights
 
 EngineFactory = Callable[[int], Engine]  # worker id -> engine; must pickle (it travels to the actor)
 Item = tuple[int, int, int, Output]  # (worker id, attempt, ticket, output)
@@ -44,11 +44,12 @@ Item = tuple[int, int, int, Output]  # (worker id, attempt, ticket, output)
 
 @dataclasses.dataclass(frozen=True)
 class JaxEngineFactory:
-    """Builds a `JaxEngine` inside a worker. `weights` may be an `ObjectRef` (put once, shared by every worker).
-    Each worker samples with its own key: `seed` mixed with the worker id."""
+    """Builds a `JaxEngine` inside a worker. `weights` may be an `ObjectRef` (put once, shared by every worker), or
+    None: zeros until the trainer's processes send theirs (`RayEnginePool(send_shards=...)`). Each worker samples
+    with its own key: `seed` mixed with the worker id."""
 
     config: LingConfig
-    weights: Mapping[str, np.ndarray] | ray.ObjectRef
+    weights: Mapping[str, np.ndarray] | ray.ObjectRef | None
     slots: int = 8
     max_context: int = 512
     decode_chunk: int = 8
@@ -58,6 +59,7 @@ class JaxEngineFactory:
 
     def __call__(self, worker_id: int = 0) -> JaxEngine:
         weights = ray.get(self.weights) if isinstance(self.weights, ray.ObjectRef) else self.weights
+        weights = zero_weights(self.config) if weights is None else weights
         seed = int(np.random.SeedSequence([self.seed, worker_id]).generate_state(1)[0])
         return JaxEngine(model_from_flat(self.config, weights), slots=self.slots, max_context=self.max_context,
                          decode_chunk=self.decode_chunk, seed=seed, version=self.version, numerics=self.numerics)

@@ -8,7 +8,7 @@ one of them). `plan_buckets` groups them into transfers of at most `bucket_bytes
 `send_weights` copies one bucket at a time to the host, puts it into Ray's object store once and hands it to every
 receiving worker, so a process holds at most one bucket besides its share of the model. A bucket that a worker does
 not acknowledge within `timeout_s` is sent again (receiving is idempotent) up to `retries` times; then
-`WorkerTimeout` names the worker, the bucket and the version.
+`WorkerTimeout` names the worker, the bucket and the version (`WorkerError` if the worker died).
 
 The receiving end, `Assembly`, collects the buckets of one version from every sender and builds the whole tensors,
 refusing a gap or an overlap by tensor name; `rollout.ray_worker.RolloutWorker.receive_weights` loads the result
@@ -136,15 +136,17 @@ class Assembly:
         return out
 
 
-def send_weights(workers: Sequence[Any], weights: Mapping[str, Any], version: int, *, dtype: str | None = None,
-                 bucket_bytes: int = 64 << 20, timeout_s: float = 600.0, retries: int = 2,
+def send_weights(workers: Sequence[Any] | Mapping[Any, Any], weights: Mapping[str, Any], version: int, *,
+                 dtype: str | None = None, bucket_bytes: int = 64 << 20, timeout_s: float = 600.0, retries: int = 2,
                  sender: int | None = None, senders: int | None = None) -> dict:
     """Sends this process's parts of `weights` to every worker (Ray actor handles with `receive_weights`, such as
-    `RolloutWorker`), bucket by bucket; every trainer process calls it with the same `version`. Returns
-    {"buckets", "bytes", "seconds", "resent"}. `sender` / `senders` default to this process's index and count."""
+    `RolloutWorker`; a mapping {label: handle} names them by label in errors, else by position), bucket by bucket;
+    every trainer process calls it with the same `version`. Returns {"buckets", "bytes", "seconds", "resent"}.
+    `sender` / `senders` default to this process's index and count."""
     import ray
+    from ray.exceptions import RayActorError
 
-    from rollout.ray_pool import WorkerTimeout
+    from rollout.ray_pool import WorkerError, WorkerTimeout
 
     sender = jax.process_index() if sender is None else sender
     senders = jax.process_count() if senders is None else senders
@@ -155,20 +157,24 @@ def send_weights(workers: Sequence[Any], weights: Mapping[str, Any], version: in
         parts = [p.part(dtype) for p in plan[index]] if plan else []
         ref = ray.put(parts)
         stats["bytes"] += sum(p.data.nbytes for p in parts)
-        waiting = dict(enumerate(workers))
+        waiting = dict(workers.items() if isinstance(workers, Mapping) else enumerate(workers))
         for attempt in range(retries + 1):
             calls = {w.receive_weights.remote(version, sender, senders, index, count, ref): k
                      for k, w in waiting.items()}
             done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=timeout_s)
             for call in done:
-                ray.get(call)  # a worker that refuses the bucket raises here, naming why
+                try:
+                    ray.get(call)  # a worker that refuses the bucket raises here, naming why
+                except RayActorError as e:
+                    raise WorkerError(f"worker {calls[call]}: died during receive_weights of bucket {index + 1}/"
+                                      f"{count} (version {version}, sender {sender}): {e}", calls[call]) from e
                 waiting.pop(calls[call])
             if not waiting:
                 break
             stats["resent"] += len(waiting) if attempt < retries else 0
         if waiting:
-            k = min(waiting)
+            k = next(iter(waiting))
             raise WorkerTimeout(f"worker {k}: receive_weights of bucket {index + 1}/{count} (version {version}, "
-                                f"sender {sender}) did not answer in {timeout_s} s, {retries + 1} tries")
+                                f"sender {sender}) did not answer in {timeout_s} s, {retries + 1} tries", k)
     stats["seconds"] = time.perf_counter() - t0
     return stats

@@ -27,6 +27,13 @@ def flat_weights(model_or_state: Ling | nnx.State) -> dict[str, Any]:
             for path, leaf in nnx.to_flat_state(state)}
 
 
+def zero_weights(config: LingConfig) -> dict[str, np.ndarray]:
+    """Zeros of every weight of a `config`-shaped model: the placeholder of an engine whose weights arrive later
+    (from a trainer's processes, `rollout.shards`)."""
+    return {flat_key(path): np.zeros(leaf.shape, leaf.dtype)
+            for path, leaf in nnx.to_flat_state(nnx.state(abstract_model(config)))}
+
+
 def model_from_flat(config: LingConfig, weights: Mapping[str, Any]) -> Ling:
     """A `config`-shaped model holding `weights` (cast to the model's dtypes); no init compile. Missing, unexpected
     or mis-shaped entries raise, naming them."""

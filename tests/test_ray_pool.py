@@ -414,6 +414,57 @@ def test_a_worker_restarted_by_ray_needs_nothing_its_caller_dropped(cluster, cfg
     assert not constructor_arg_warnings(), "Ray warned that an actor's constructor arguments live in the object store"
 
 
+def test_sharded_workers_take_requests_only_once_they_hold_the_trainers_shards(cluster, cfg, weights, local,
+                                                                                cached_env):
+    """`send_shards` (a trainer of several processes, each sending its shards): the workers start with zeros and take
+    no request before the first update; a worker killed mid-generation comes back held out of dispatch until `step()`
+    has had the shards of the current version sent to it (`resyncs`), and every request finishes once, equal to a
+    local engine on the trainer's weights (a worker generating with its factory's zeros would not be)."""
+    from rollout.shards import send_weights
+    from rollout.weight_delta import checksum
+
+    model, sent = model_from_flat(cfg, weights[0]), []
+
+    def send_shards(workers, version):
+        sent.append((sorted(workers), version))
+        send_weights(workers, flat_weights(model), version, timeout_s=60)
+
+    factory = JaxEngineFactory(cfg, None, slots=SLOTS, max_context=CONTEXT, decode_chunk=CHUNK)
+    p = RayEnginePool(SlowFactory(factory, 0.05), 2, name="sharded-test", send_shards=send_shards, max_restarts=2,
+                      runtime_env=cached_env, heartbeat_interval=0.5, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    try:
+        first = make_requests("s", 4, 8, seed=11)
+        p.submit(first)
+        time.sleep(0.5)
+        assert p.step() == [] and p.loads() == [0, 0]  # in the backlog: no worker holds the trainer's weights yet
+        p.update_weights(None, 2)
+        assert sent == [(["sharded-test/0", "sharded-test/1"], 2)]
+        requests = make_requests("t", 16, 24, seed=12)
+        p.submit(requests)
+        got = drain(p, len(first) + 1)
+        victim = int(np.argmax(p.loads()))
+        assert p.loads()[victim] > 0
+        ray.kill(p.workers[victim], no_restart=False)
+        got += drain(p, len(first) + len(requests) - len(got))
+        time.sleep(0.3)
+        got += p.step()
+        assert sorted(o.id for o in got) == sorted(r.id for r in first + requests)
+        wait_for(lambda: (p.step(), p.stats["resyncs"])[1] == 1, timeout=120, what="the worker to get the shards")
+        assert p.stats["restarts"] == 1 and p.stats["reissued"] > 0
+        assert sent[-1] == ([p.worker_names[victim]], 2)
+        last = make_requests("u", 8, 8, seed=13)
+        p.submit(last)
+        assert p.loads()[victim] > 0  # back in dispatch
+        got += drain(p, len(last))
+        want = reference(local, first + requests + last, weights[0], 2)
+        for o in got:
+            assert_same(o, want[o.id])
+        held = ray.get(p.workers[victim].weight_checksums.remote())
+        assert held == {k: checksum(v) for k, v in weights[0].items()}
+    finally:
+        p.close()
+
+
 def constructor_arg_warnings() -> list[str]:
     """Lines of this driver's Ray log (every actor it created this session) saying that an actor with
     `max_restarts` has constructor arguments in the object store (ray-project/ray#53727)."""

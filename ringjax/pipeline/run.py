@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ringjax.pipeline.config import PipelineConfig, check_inputs
 from ringjax.pipeline.run_dir import GracefulStop, claim, read_state, write_json
+from ringjax.trainer.engines import check_rollout_processes
 
 Log = Callable[[str], None]
 
@@ -40,41 +41,30 @@ def _claim(cfg: PipelineConfig, overwrite: bool, log: Log) -> bool:
     process claims the shared folder while the others wait, and all of them learn the outcome from it."""
     if not cfg.mesh.distributed:
         return claim(cfg, overwrite, log)
-    import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    from ringjax.sharding import initialize_distributed
+    from ringjax.sharding import initialize_distributed, process_layout
+    from ringjax.trainer.driver import Driver, LeaderFailed
 
     initialize_distributed(detect=True)
-    if jax.process_count() > 1:
-        check_rollouts_on_mesh(cfg, jax.process_count())
-    resumed, error = False, None
-    if jax.process_index() == 0:
-        try:
-            resumed = claim(cfg, overwrite, log)
-        except (FileExistsError, OSError) as e:
-            error = e
-    failed, resumed = (bool(x) for x in multihost_utils.broadcast_one_to_all(np.array([error is not None, resumed])))
-    if error is not None:
-        raise error
-    if failed:
-        raise FileExistsError(f"process 0 could not claim the run folder {cfg.out} (its log says why)")
-    return resumed
+    count = process_layout()[1]  # JAX's backends not started yet: process 0 may still start Ray (a fork)
+    if count == 1:
+        return claim(cfg, overwrite, log)
+    check_rollouts_on_mesh(cfg, count)
+    try:
+        return Driver("claim", timeout_s=600).share(lambda: claim(cfg, overwrite, log))
+    except LeaderFailed as e:
+        raise FileExistsError(f"process 0 could not claim the run folder {cfg.out} ({e})") from None
 
 
 def check_rollouts_on_mesh(cfg: PipelineConfig, processes: int) -> None:
-    """ValueError naming the first rollout setting that a trainer of several processes cannot drive: every process
-    runs the same loop on its part of the mesh, so rollouts must run there too (the embedded engine, no Ray
-    workers, no SGLang servers, which one process would have to drive and feed to the others)."""
+    """ValueError naming the first rollout setting that a trainer of several processes cannot drive. Rollouts run
+    on the trainer's mesh (the embedded engine, every process its part) or in Ray workers that process 0 drives and
+    every process sends its shards to (`ringjax.trainer.driver`); SGLang servers without Ray workers take weights
+    from one process, and deltas need the whole previous weights on one host."""
     rollouts = [(f"stages.{s.name}.rl.rollout", cfg.stage_rl(s).rollout) for s in cfg.stages]
     if cfg.eval.enabled and cfg.eval.engine == "rollout":
         rollouts.append(("rl.rollout (eval.engine: rollout)", cfg.rl.rollout))
     for key, r in rollouts:
-        if r.workers or r.engine != "jax":
-            raise ValueError(f"{key}: engine={r.engine!r}, workers={r.workers} with a trainer of {processes} "
-                             f"processes; a multi-process run generates on the trainer's mesh (rollout.engine: jax, "
-                             f"rollout.workers: 0): Ray workers and SGLang servers are not driven across processes yet")
+        check_rollout_processes(key, r, processes)
 
 
 def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: bool = True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -21,11 +22,14 @@ from ringjax.pipeline.config import FilterSection, PipelineConfig, StageSection
 from ringjax.pipeline.data import RunData, build_data
 from ringjax.pipeline.evaluate import engine_slots, evaluate
 from ringjax.pipeline.tokenizer import Tokenizer, train_tokenizer
-from ringjax.trainer.engines import make_engine
+from ringjax.sharding import process_layout
+from ringjax.trainer.driver import Driver
+from ringjax.trainer.engines import export_for_servers, make_engine
 from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
 from ringjax.trainer.sft import SFTExample, eval_entropies, train_sft
 from rollout.rewards import RewardRouter
 from rollout.types import SamplingParams
+from rollout.weights import flat_weights
 
 
 @dataclasses.dataclass
@@ -117,6 +121,8 @@ def _start_ray(cfg: PipelineConfig) -> None:
     address = addresses.pop()
     if address is None and not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # what Ray picks by default, chosen: no notice about it
+    if process_layout()[0] != 0:  # process 0 runs the workers; the others join its cluster with the same mode
+        return
     from rollout.ray_pool import start_ray
 
     start_ray(address)
@@ -238,18 +244,23 @@ def _stage_rl(ctx: Context, stage: StageSection):
 
 
 @contextlib.contextmanager
-def _eval_engine(ctx: Context, model: Ling, rl_cfg, requests: int, max_context: int) -> Iterator:
+def _eval_engine(ctx: Context, model: Ling, rl_cfg, requests: int, max_context: int, driver: Driver | None = None,
+                 export: str | None = None) -> Iterator:
     """The engine an evaluation of `requests` responses generates with: None with `eval.engine: jax` (`evaluate`
     builds its embedded engine), else `rl_cfg.rollout`'s, started on `model`'s weights (an SGLang server starts
-    from an export into a temporary folder) and closed after."""
+    from an export into a temporary folder, or from `export`) and closed after. With `driver` (process 0 of a
+    multi-process trainer), every process sends the workers its shards of `model` first."""
     if ctx.cfg.eval.engine == "jax":
         yield None
         return
     workers = rl_cfg.rollout.workers
     slots = engine_slots(-(-min(ctx.cfg.eval.slots, requests) // max(1, workers)), None if workers else ctx.mesh)
     with tempfile.TemporaryDirectory(prefix="ringjax_eval_") as tmp:
-        engine = make_engine(model, rl_cfg, ctx.mesh, tmp, slots=slots, max_context=max_context, seed=ctx.cfg.seed)
+        engine = make_engine(model, rl_cfg, ctx.mesh, tmp, slots=slots, max_context=max_context, seed=ctx.cfg.seed,
+                             driver=driver, weights=lambda: flat_weights(model), export=export)
         try:
+            if driver is not None:
+                engine.update_weights(None, version=0)
             yield engine
         finally:
             engine.close()
@@ -262,10 +273,26 @@ def _measure(ctx: Context, model: Ling, records: Sequence[PromptRecord], rl_cfg,
     temp = temperature if temperature is not None else rl_cfg.temperature
     sampling = SamplingParams(temp, 1.0, max_new, (ctx.tokenizer.eos_id,))
     max_context = rl_cfg.max_prompt_len + max_new
-    with _eval_engine(ctx, model, rl_cfg, len(records) * samples, max_context) as engine:
-        return evaluate(model, records, RewardRouter(), encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode,
-                        sampling=sampling, samples=samples, slots=ctx.cfg.eval.slots, max_context=max_context,
-                        seed=ctx.cfg.seed, mesh=ctx.mesh, engine=engine, pass_rates=pass_rates)
+    driver = _driver(ctx, rl_cfg)
+
+    def measure(export: str | None = None) -> dict:
+        with _eval_engine(ctx, model, rl_cfg, len(records) * samples, max_context, driver, export) as engine:
+            return evaluate(model, records, RewardRouter(), encode=ctx.tokenizer.encode, decode=ctx.tokenizer.decode,
+                            sampling=sampling, samples=samples, slots=ctx.cfg.eval.slots, max_context=max_context,
+                            seed=ctx.cfg.seed, mesh=ctx.mesh, engine=engine, pass_rates=pass_rates)
+
+    if driver is None:
+        return measure()
+    with tempfile.TemporaryDirectory(prefix="ringjax_eval_") as tmp:  # SGLang servers start from an export
+        export = export_for_servers(model, rl_cfg, tmp)  # each process passes its folder; process 0's is written
+        return driver.share(functools.partial(measure, export), lambda: flat_weights(model))
+
+
+def _driver(ctx: Context, rl_cfg) -> Driver | None:
+    """A trainer of several processes evaluating with Ray workers: process 0 drives them (`ringjax.trainer.driver`)."""
+    if ctx.cfg.eval.engine == "jax" or jax.process_count() == 1 or not rl_cfg.rollout.workers:
+        return None
+    return Driver("eval", dtype=rl_cfg.rollout.weight_dtype, send_timeout_s=rl_cfg.rollout.rpc_timeout_s)
 
 
 def pass_rates(ctx: Context, stage: StageSection, model: Ling) -> dict:

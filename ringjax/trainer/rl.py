@@ -11,7 +11,9 @@ the mismatch) or is dropped and counted (`leftover="drop"`, Ring-lite's C3PO).
 
 The engine is the embedded JAX engine in this process, on the trainer's mesh (a weight update hands it the live
 arrays: no copy), or `rollout.workers` Ray actors each with their own engine (weights shipped once per step
-through the object store).
+through the object store). A trainer of several processes whose rollouts run in Ray workers generates in process 0
+only: the others send their shards of each update to the workers and receive the packed step from it
+(`ringjax.trainer.driver`), then all train on it.
 
 A checkpoint holds the train state (params, optimiser, step, skip count, RNG), the prompt stream position, the
 training pool and the scheduler's partial rollouts, so a resumed run continues exactly: same prompts, same
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +42,8 @@ from ringjax.sharding import check_context, check_rows, context_size, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import assemble_step, groups_in, pack_micro_batches, response_tokens, take_groups
 from ringjax.trainer.checkpoint import Checkpointer
-from ringjax.trainer.engines import make_engine
+from ringjax.trainer.driver import Driver
+from ringjax.trainer.engines import check_rollout_processes, export_for_servers, make_engine
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
 from ringjax.trainer.rollout_io import PromptStream, decode_pool, encode_pool, to_responses
@@ -51,6 +55,7 @@ from rollout.config import RolloutConfig
 from rollout.jax_engine import JaxEngine
 from rollout.rewards import RewardFn, RewardPool
 from rollout.types import SamplingParams
+from rollout.weights import flat_weights
 
 SCHEDULER_COUNTS = ("completed_groups", "dropped_groups", "dropped_tokens", "failed_groups", "resubmitted", "kept",
                     "tokens_generated")
@@ -136,6 +141,16 @@ class RLResult:
     stopped: bool = False  # ended early by `should_stop` (checkpointed when checkpointing is on)
 
 
+def _driver(cfg: RLConfig) -> Driver | None:
+    """The leader / follower messages of a trainer of several processes whose rollouts run in Ray workers (process
+    0 drives them); None when every process generates on the mesh, or there is one process."""
+    r = cfg.rollout
+    check_rollout_processes("rl.rollout", r, jax.process_count())
+    if jax.process_count() == 1 or not r.workers:
+        return None
+    return Driver("rl", dtype=r.weight_dtype, send_timeout_s=r.rpc_timeout_s)
+
+
 def _enough(pool: Sequence, cfg: RLConfig) -> bool:
     """Whether the training pool holds a step: phi tokens (token budget) or prompts_per_batch groups."""
     if cfg.budget == "tokens":
@@ -192,66 +207,83 @@ def train_rl(model: Ling, records: Sequence[PromptRecord], reward_fn: RewardFn, 
             pool = decode_pool(extras["pool"]["responses"])
     writer = MetricsWriter(os.path.join(run_dir, "logs") if run_dir else "", enabled=run_dir is not None and
                            jax.process_index() == 0, resumed_at=int(state.step))
+    driver = _driver(cfg)
+    export = export_for_servers(model, cfg, run_dir) if driver is not None else None  # every process takes part
+    weights = lambda: flat_weights(merge_model(graphdef, state.params, state.frozen))  # noqa: E731 - the live state
     engine = None
     history, stopped = [], False
     routing = collections.Counter()  # responses whose routing record was unusable: "dropped" (replay), "missing"
+
+    def rollout(step: int) -> dict:
+        """Updates the engine, generates until the pool holds a step, takes it and packs it: {"batch", "phi",
+        "metrics" (those of the rollout side), "drawn"}. A multi-process trainer with a remote engine runs it in
+        process 0 only (`Driver.share`)."""
+        nonlocal engine, pool
+        t0 = time.perf_counter()
+        before, scored = collections.Counter(sched.stats), rewards.stats
+        zeros, records = collections.Counter(rewards.reasons), collections.Counter(routing)
+        if engine is None:
+            engine = make_engine(model, cfg, mesh, run_dir, driver=driver, weights=weights, export=export)
+        engine.update_weights(merge_model(graphdef, state.params, state.frozen), version=step)
+        if isinstance(engine, JaxEngine):
+            engine.reseed(jax.random.fold_in(state.rng, step))
+        stream.drawn = []
+        with use_mesh(mesh):
+            while not _enough(pool, cfg):
+                finished = sched.run_iteration(engine)
+                if not finished and sched.exhausted:
+                    raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} tokens of "
+                                       f"{groups_in(pool)} groups collected (rl.budget={cfg.budget}); "
+                                       f"rollout errors: {sched.errors[:3]}")
+                pool += to_responses(finished, cfg.loss, model.config, replay, routing)
+        if cfg.budget == "tokens":
+            taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
+        else:
+            taken, leftover = take_groups(pool, cfg.prompts_per_batch)
+        pool = leftover if cfg.leftover == "keep" else []
+        if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
+            mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False)
+        else:
+            mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
+        versions = np.concatenate([r.versions for r in taken.responses])
+        metrics = dict(
+            reward_mean=float(np.mean([r.reward for r in taken.responses])),
+            response_len_mean=float(np.mean([len(r) + r.offset for r in taken.responses])),
+            stale_tokens_frac=float(np.mean(versions < step)), version_lag_mean=float(np.mean(step - versions)),
+            pool_tokens=response_tokens(pool), inflight_groups=len(sched.groups),
+            dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
+            rollout_s=time.perf_counter() - t0, step_responses=len(taken.responses),
+            **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
+            **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
+            **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()},
+            **{f"routing_{k}": routing[k] - records[k] for k in ("dropped", "missing")})
+        return {"batch": stack_micro_batches(mbs, cfg.loss.aggregation, cfg.phi),  # c3po divides by the constant phi
+                "phi": taken.phi, "metrics": metrics, "drawn": list(stream.drawn)}
+
     try:
-        engine = make_engine(model, cfg, mesh, run_dir)
         while int(state.step) < cfg.steps:
             t0 = time.perf_counter()
-            step, before, scored = int(state.step), collections.Counter(sched.stats), rewards.stats
-            zeros, records = collections.Counter(rewards.reasons), collections.Counter(routing)
-            engine.update_weights(merge_model(graphdef, state.params, state.frozen), version=step)
-            if isinstance(engine, JaxEngine):
-                engine.reseed(jax.random.fold_in(state.rng, step))
-            stream.drawn = []
+            step = int(state.step)
+            out = rollout(step) if driver is None else driver.share(functools.partial(rollout, step), weights)
             with use_mesh(mesh):
-                while not _enough(pool, cfg):
-                    finished = sched.run_iteration(engine)
-                    if not finished and sched.exhausted:
-                        raise RuntimeError(f"rl: the prompts ran out with {response_tokens(pool)} tokens of "
-                                           f"{groups_in(pool)} groups collected (rl.budget={cfg.budget}); "
-                                           f"rollout errors: {sched.errors[:3]}")
-                    pool += to_responses(finished, cfg.loss, model.config, replay, routing)
-            t_rollout = time.perf_counter() - t0
-            if cfg.budget == "tokens":
-                taken, leftover = assemble_step(pool, cfg.phi, max_response_len=cfg.max_new_tokens)
-            else:
-                taken, leftover = take_groups(pool, cfg.prompts_per_batch)
-            pool = leftover if cfg.leftover == "keep" else []
-            if cfg.rollout.zero_mismatch:  # the engine's layout: one sequence per row, rows as long as its context
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.max_prompt_len + cfg.max_new_tokens, packed=False)
-            else:
-                mbs = pack_micro_batches(taken, cfg.rows, cfg.seq_len)
-            batch = stack_micro_batches(mbs, cfg.loss.aggregation, cfg.phi)  # c3po divides by the constant phi
-            with use_mesh(mesh):
-                inputs = step_fn.inputs(batch, mesh)
+                inputs = step_fn.inputs(out["batch"], mesh)
                 if score is not None:
                     for chunk in inputs.chunks:
                         chunk["logp_ref"] = score(ref_params, ref_frozen, chunk)
                 state, sums = step_fn(state, inputs)
             metrics = finalize_metrics(jax.device_get(sums))
             elapsed = time.perf_counter() - t0
-            versions = np.concatenate([r.versions for r in taken.responses])
-            metrics.update(
-                reward_mean=float(np.mean([r.reward for r in taken.responses])),
-                response_len_mean=float(np.mean([len(r) + r.offset for r in taken.responses])),
-                stale_tokens_frac=float(np.mean(versions < step)), version_lag_mean=float(np.mean(step - versions)),
-                pool_tokens=response_tokens(pool), inflight_groups=len(sched.groups),
-                dropped_tokens=response_tokens(leftover) if cfg.leftover == "drop" else 0,
-                rollout_s=t_rollout, step_s=elapsed, tokens_per_s=taken.phi / elapsed,
-                step_responses=len(taken.responses), skipped_updates=int(state.skipped),
-                micro_batches=inputs.micro_batches, step_compiles=max(step_fn.compiles.values()),
-                **{f"rollout_{k}": sched.stats[k] - before[k] for k in SCHEDULER_COUNTS},
-                **{f"reward_{k}": rewards.stats[k] - scored[k] for k in REWARD_COUNTS},
-                **{f"reward_zero_{k}": v for k, v in (collections.Counter(rewards.reasons) - zeros).items()},
-                **{f"routing_{k}": routing[k] - records[k] for k in ("dropped", "missing")})
+            metrics.update(out["metrics"], step_s=elapsed, tokens_per_s=out["phi"] / elapsed,
+                           skipped_updates=int(state.skipped), micro_batches=inputs.micro_batches,
+                           step_compiles=max(step_fn.compiles.values()))
             writer.write(step + 1, metrics)
-            history.append({"step": step + 1, "prompt_ids": list(stream.drawn), **metrics})
+            history.append({"step": step + 1, "prompt_ids": out["drawn"], **metrics})
             stopped = should_stop is not None and should_stop()
             if ckpt is not None and (ckpt.should_save(step + 1) or step + 1 == cfg.steps or stopped):
-                extras = {"data": stream.state(), "pool": {"responses": encode_pool(pool)},
-                          "rollout": {"scheduler": sched.state_dict(engine)}}
+                # a follower holds no stream, pool or scheduler: Orbax writes these items from process 0 only
+                leads = driver is None or driver.leader
+                extras = {"data": stream.state() if leads else {}, "pool": {"responses": encode_pool(pool)},
+                          "rollout": {"scheduler": sched.state_dict(engine) if leads else {}}}
                 ckpt.save(step + 1, flatten_state(state), extras=extras, force=True)
             if on_step is not None:
                 on_step(step + 1, metrics)
