@@ -2,12 +2,12 @@
 tests/test_shards_multiprocess.py; not a test module).
 
     RINGJAX_COORDINATOR=localhost:PORT RINGJAX_NUM_PROCESSES=2 RINGJAX_PROCESS_ID=0 RAY_ADDRESS=HOST:PORT \\
-        python tests/shard_sender.py CKPT_DIR WORKER_NAME OUT.json
+        python tests/shard_sender.py CKPT_DIR WORKER_NAMES OUT.json
 
 Joins the `jax.distributed` run (2 CPU devices here), creates tiny-v2 sharded over a (fsdp 2, expert 2) mesh that
 spans both processes, saves it with Orbax to CKPT_DIR (every process writes its shards), joins the Ray cluster,
-finds the worker by its actor name and sends it this process's parts in bfloat16 buckets of 64 kB
-(`rollout.shards.send_weights`, version 3). Writes the send statistics, this process's share of the model's bytes
+finds the workers by their actor names (comma-separated) and sends them this process's parts in bfloat16 buckets of
+64 kB (`rollout.shards.send_weights`, version 3). Writes the send statistics, this process's share of the model's bytes
 and whether any of its arrays was fully addressable here to OUT.json.
 """
 
@@ -20,7 +20,7 @@ import sys
 
 
 def main() -> None:
-    ckpt, name, out = sys.argv[1:4]
+    ckpt, names, out = sys.argv[1:4]
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
     os.environ.update(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     import jax
@@ -38,8 +38,8 @@ def main() -> None:
     save_model(model, ckpt)
     weights = flat_weights(model)
     ray.init(address=os.environ["RAY_ADDRESS"], namespace=NAMESPACE, logging_level="warning")
-    worker = ray.get_actor(name, namespace=NAMESPACE)
-    stats = send_weights([worker], weights, 3, dtype="bfloat16", bucket_bytes=64 << 10, timeout_s=120)
+    workers = {name: ray.get_actor(name, namespace=NAMESPACE) for name in names.split(",")}
+    stats = send_weights(workers, weights, 3, dtype="bfloat16", bucket_bytes=64 << 10, timeout_s=120)
     share = sum(s.data.nbytes for v in weights.values() for s in v.addressable_shards if s.replica_id == 0)
     whole_here = sum(v.is_fully_addressable for v in weights.values() if v.size > 1024)
     with open(out, "w") as f:

@@ -83,7 +83,7 @@ def _wait(work, procs, names, deadline):
 def run(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("multihost_pipeline"))
     deadline = time.monotonic() + TIMEOUT_S
-    ref = _start(work, "ref", ["sft", "out=ref", *SHORT[:-3], "mesh.cpu_devices=4", "--no-progress"], {})
+    ref = _start(work, "ref", ["sft", "out=ref", *SHORT[:-4], "mesh.cpu_devices=4", "--no-progress"], {})
     first = _two_processes(work, "first")
     code_log = os.path.join(work, "run", "code", "logs", "metrics.jsonl")
     try:

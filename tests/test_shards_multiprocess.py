@@ -1,11 +1,12 @@
 """Sharded weight transfer between processes: two `jax.distributed` CPU trainer processes (2 devices each, the model
 sharded over a (fsdp 2, expert 2) mesh spanning both) send their shards (`rollout.shards.send_weights`, bfloat16,
-64 kB buckets) to a rollout worker of a `RayEnginePool` in a third process, each holding and sending only its own
-share. The worker's weights must equal, tensor by tensor (CRC-32 of the bfloat16 bytes), the same model loaded
-from the Orbax checkpoint the trainer processes wrote; and its greedy outputs must equal a local `JaxEngine` on that
-disk load, for a worker whose engine is the embedded JAX engine and for one whose engine is an SGLang CPU server.
-The senders are tests/shard_sender.py subprocesses."""
+64 kB buckets) to rollout workers of `RayEnginePool`s in other processes, each holding and sending only its own
+share (one run of the senders serves both workers below). Each worker's weights must equal, tensor by tensor (CRC-32
+of the bfloat16 bytes), the same model loaded from the Orbax checkpoint the trainer processes wrote; and its greedy
+outputs must equal a local `JaxEngine` on that disk load, for a worker whose engine is the embedded JAX engine and
+for one whose engine is an SGLang CPU server. The senders are tests/shard_sender.py subprocesses."""
 
+import contextlib
 import json
 import os
 import socket
@@ -60,16 +61,17 @@ def cluster():
             ray.shutdown()
 
 
-def _send_from_two_processes(cluster, tmp_path, name):
-    """Runs the two sender processes against worker `name`; returns their statistics and the disk load's bfloat16
-    weights, after checking that each element was sent once and every large array was split between them."""
+def _send_from_two_processes(cluster, tmp_path, names):
+    """Runs the two sender processes against the workers `names` (comma-separated); returns their statistics and the
+    disk load's bfloat16 weights, after checking that each element was sent once and every large array was split
+    between them."""
     dist = {"RINGJAX_COORDINATOR": f"localhost:{_free_port()}", "RINGJAX_NUM_PROCESSES": "2", "RAY_ADDRESS": cluster,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     procs = []
     try:
         for i in range(2):
             log = open(tmp_path / f"sender{i}.log", "w")  # closed below
-            cmd = [sys.executable, str(SENDER), str(tmp_path / "ckpt"), name, str(tmp_path / f"sender{i}.json")]
+            cmd = [sys.executable, str(SENDER), str(tmp_path / "ckpt"), names, str(tmp_path / f"sender{i}.json")]
             procs.append((subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **dist, "RINGJAX_PROCESS_ID": str(i)},
                                            stdout=log, stderr=subprocess.STDOUT), log))
         deadline = time.monotonic() + TIMEOUT_S
@@ -109,15 +111,36 @@ def _requests(prefix):
                     SamplingParams(temperature=0.0, max_tokens=8)) for i in range(4)]
 
 
-def test_two_trainer_processes_send_their_shards_to_a_jax_engine_worker(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def sent(cluster, tmp_path_factory):
+    """One run of the two sender processes, to a JAX-engine worker and (where SGLang is installed) an SGLang worker,
+    each in its own pool: ({"jax": pool, "sglang": pool}, the disk load's bfloat16 weights, the model config)."""
+    tmp = tmp_path_factory.mktemp("shards")
     cfg = ringjax.preset("tiny-v2")
-    start = {k: np.asarray(v) for k, v in flat_weights(ringjax.create_model(cfg, seed=0)).items()}
-    factory = JaxEngineFactory(cfg, start, slots=4, max_context=64, decode_chunk=4)
-    with RayEnginePool(factory, 1, runtime_env=WORKER_ENV, name=f"shards-{uuid.uuid4().hex[:6]}") as pool:
-        _, want = _send_from_two_processes(cluster, tmp_path, pool.worker_names[0])
-        _check_worker_weights(pool.workers[0], want)
-        requests = _requests("j")
-        outs = run_to_completion(pool, requests)
+    start = ringjax.create_model(cfg, seed=0)
+    with contextlib.ExitStack() as stack:
+        factory = JaxEngineFactory(cfg, {k: np.asarray(v) for k, v in flat_weights(start).items()}, slots=4,
+                                   max_context=64, decode_chunk=4)
+        pools = {"jax": stack.enter_context(RayEnginePool(factory, 1, runtime_env=WORKER_ENV,
+                                                          name=f"shards-{uuid.uuid4().hex[:6]}"))}
+        if sglang_available():
+            from rollout.sglang.engine import SGLangConfig
+
+            path = ringjax.save_pretrained(start, str(tmp / "hf"))
+            config = SGLangConfig(path, device="cpu", dtype="float32", max_total_tokens=4096,
+                                  fix_cpu_routed_scaling=True)
+            pools["sglang"] = stack.enter_context(RayEnginePool(
+                SGLangEngineFactory(config, cfg, env=engine_env()), 1, runtime_env=WORKER_ENV,
+                name=f"shards-{uuid.uuid4().hex[:6]}"))
+        _, want = _send_from_two_processes(cluster, tmp, ",".join(p.worker_names[0] for p in pools.values()))
+        yield pools, want, cfg
+
+
+def test_two_trainer_processes_send_their_shards_to_a_jax_engine_worker(sent):
+    pools, want, cfg = sent
+    _check_worker_weights(pools["jax"].workers[0], want)
+    requests = _requests("j")
+    outs = run_to_completion(pools["jax"], requests)
     local = JaxEngine(model_from_flat(cfg, want), slots=4, max_context=64, decode_chunk=4, version=3)
     ref = run_to_completion(local, requests)
     for r in requests:
@@ -127,23 +150,16 @@ def test_two_trainer_processes_send_their_shards_to_a_jax_engine_worker(cluster,
 
 
 @pytest.mark.sglang
-def test_two_trainer_processes_send_their_shards_to_an_sglang_worker(cluster, tmp_path):
+def test_two_trainer_processes_send_their_shards_to_an_sglang_worker(sent):
     """The worker's engine is an SGLang CPU server (float32): the worker assembles the shards and loads them into
     its server over its own weight-update group. Its greedy tokens must be ringjax's argmax on the disk load (a
     near-tie, top two within 2 TOL, may go either way) and its log-probs ringjax's within TOL."""
-    if not sglang_available():
+    pools, want, cfg = sent
+    if "sglang" not in pools:
         pytest.skip("SGLang is not installed: run scripts/install_sglang_cpu.sh")
-    from rollout.sglang.engine import SGLangConfig
-
-    cfg = ringjax.preset("tiny-v2")
-    path = ringjax.save_pretrained(ringjax.create_model(cfg, seed=0), str(tmp_path / "hf"))
-    config = SGLangConfig(path, device="cpu", dtype="float32", max_total_tokens=4096, fix_cpu_routed_scaling=True)
-    factory = SGLangEngineFactory(config, cfg, env=engine_env())
-    with RayEnginePool(factory, 1, runtime_env=WORKER_ENV, name=f"shards-{uuid.uuid4().hex[:6]}") as pool:
-        _, want = _send_from_two_processes(cluster, tmp_path, pool.worker_names[0])
-        _check_worker_weights(pool.workers[0], want)
-        requests = _requests("s")
-        outs = run_to_completion(pool, requests)
+    _check_worker_weights(pools["sglang"].workers[0], want)
+    requests = _requests("s")
+    outs = run_to_completion(pools["sglang"], requests)
     model = model_from_flat(cfg, want)
     for r in requests:
         o = outs[r.id]
