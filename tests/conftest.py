@@ -31,16 +31,3 @@ def _compilation_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     yield
-
-
-# The files that take minutes, longest first. `--dist loadfile` hands files to the workers in collection order, so
-# these go out first and the many short files fill in at the end; collected last (the notebooks are), one long file
-# would keep one worker busy while the other idles.
-LONG_FILES = ("test_multihost_pipeline.py", "test_pipeline.py", "mismatch_ablation.ipynb", "c3po_pp_ablation.ipynb",
-              "c3po_ablation.ipynb", "entropy_band.ipynb", "test_multihost.py", "test_benchmarks_smoke.py",
-              "test_shards_multiprocess.py", "test_pipeline_filter.py", "test_sglang_parity.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every other file keeps its place
