@@ -63,7 +63,8 @@ def _mib(n: int | None) -> float | None:
 
 def model_config(args):
     return preset(args.preset, num_hidden_layers=args.layers, **{"compute.dtype": args.dtype,
-                                                                  "compute.param_dtype": "float32"})
+                                                                  "compute.param_dtype": "float32",
+                                                                  "compute.moe": args.moe})
 
 
 def bench_train(cfg, args) -> tuple[dict, object, object]:
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lp-chunk", type=int, default=None)
     ap.add_argument("--decode-chunk", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--moe", default="auto", help="compute.moe: the grouped expert matmul (auto, ragged_dot, "
+                    "segment, gather, dense)")
     ap.add_argument("--top-ops", type=int, default=12)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: train,profile,decode,"
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     cfg = model_config(args)
     env = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-           "devices": jax.device_count(), "size": args.size, "preset": args.preset, "dtype": args.dtype}
+           "devices": jax.device_count(), "size": args.size, "preset": args.preset, "dtype": args.dtype,
+           "moe": args.moe}
     print(json.dumps({"env": env}), flush=True)
     parts = {}
 

@@ -13,19 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 
+from ringjax import storage
 from ringjax.config_io import shown_path, user_path
 
 _CONFIG_HELP = "pipeline YAML (default: the embedded demo, ringjax/pipeline/demo.yaml)"
 _OVERRIDES_HELP = "dotted overrides, e.g. out=runs/x seed=1 stages.0.steps=5 rl.loss.alpha=0.4"
 
 
-def _input(typed: str, what: str) -> str:
-    """An input path given on the command line, absolute; FileNotFoundError naming it as typed and as resolved."""
-    path = user_path(typed, what)
-    if not os.path.exists(path):
+def _input(typed: str, what: str, urls: bool = False) -> str:
+    """An input path given on the command line, absolute (or, with `urls`, a gs:// folder); FileNotFoundError
+    naming it as typed and as resolved."""
+    path = user_path(typed, what, urls)
+    if not storage.path(path).exists():
         raise FileNotFoundError(f"{what} {shown_path(typed, path)} does not exist")
     return path
 
@@ -57,17 +58,21 @@ def _eval(args) -> int:
     from ringjax.pipeline.run import accuracy_table
 
     cfg = _pipeline(args)
-    if not os.path.isfile(os.path.join(cfg.out, "tokenizer", "tokenizer.json")) and cfg.tokenizer.kind == "bpe":
+    if not storage.is_file(storage.join(cfg.out, "tokenizer", "tokenizer.json")) and cfg.tokenizer.kind == "bpe":
         raise FileNotFoundError(f"{cfg.out} has no trained tokenizer: run `ringjax train` (or sft) with this config "
                                 "first, or point out=... at its run folder")
     if args.hf or args.checkpoint:
         target = _input(args.hf, "--hf") if args.hf else _input(args.checkpoint, "--checkpoint")
     else:
-        target = os.path.join(cfg.out, "hf")
-        if not os.path.exists(target):
+        target = storage.join(cfg.out, "hf")
+        if not storage.path(target).exists():
             raise FileNotFoundError(f"{target} does not exist (the run's export); pass --hf or --checkpoint")
     ctx = stages.setup(cfg, print, rl=False)  # evaluation generates in-process: no Ray
-    model = stages.restore(ctx, target) if args.checkpoint else from_pretrained(target, ctx.mesh)
+    if args.checkpoint:
+        model = stages.restore(ctx, target)
+    else:
+        with storage.local_copy(target) as local:  # a run folder in Cloud Storage: its export, downloaded
+            model = from_pretrained(local, ctx.mesh)
     result = stages.evaluate_model(ctx, model, 0, log=False)
     print(accuracy_table({target: result["accuracy"]}))
     print(json.dumps(result, indent=2))
@@ -98,9 +103,10 @@ def _export(args) -> int:
     if args.src.startswith("preset:"):
         model = create_model(preset(args.src.split(":", 1)[1]), seed=args.seed)
     else:
-        src = _input(args.src, "export source")
-        if os.path.isfile(os.path.join(src, "config.json")):
-            model, tokenizer = from_pretrained(src), src
+        src = _input(args.src, "export source", urls=True)  # a checkpoint may be in a Cloud Storage run folder
+        if storage.is_file(storage.join(src, "config.json")):
+            with storage.local_copy(src) as local:
+                model, tokenizer = from_pretrained(local), src
         else:
             model = restore_model(src)  # an Orbax step folder, checkpoints folder or run folder
             tokenizer = _run_tokenizer(src)
@@ -109,8 +115,8 @@ def _export(args) -> int:
     copied = []
     if tokenizer is not None:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if os.path.isfile(os.path.join(tokenizer, name)):
-                shutil.copy(os.path.join(tokenizer, name), os.path.join(path, name))
+            if storage.is_file(storage.join(tokenizer, name)):
+                storage.write_bytes(os.path.join(path, name), storage.path(storage.join(tokenizer, name)).read_bytes())
                 copied.append(name)
     print(json.dumps({"export": path, "architecture": model.config.architecture, "tokenizer_files": copied,
                       "devices": jax.device_count()}))
@@ -121,9 +127,11 @@ def _run_tokenizer(src: str) -> str | None:
     """The `tokenizer/` folder of the pipeline run that holds checkpoint `src`, if any."""
     here = src
     for _ in range(4):
-        if os.path.isfile(os.path.join(here, "tokenizer", "tokenizer.json")):
-            return os.path.join(here, "tokenizer")
+        if storage.is_file(storage.join(here, "tokenizer", "tokenizer.json")):
+            return storage.join(here, "tokenizer")
         here = os.path.dirname(here)
+        if storage.is_url(src) and here.count("/") < 3:  # not above the bucket (gs://bucket)
+            break
     return None
 
 

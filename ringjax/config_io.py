@@ -118,11 +118,15 @@ def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] 
     return build_config(cls, read_yaml(path) if path is not None else {}, overrides, path or "config")
 
 
-def user_path(path: str, key: str = "path") -> str:
+def user_path(path: str, key: str = "path", urls: bool = False) -> str:
     """A path as the user typed it (`~` and relative to the current folder allowed), made absolute once where it
-    enters: Orbax accepts only absolute paths, and a run must not depend on the folder it is resumed from. An
-    object-store URL (gs://, s3://) is refused, naming `key`: run folders and inputs are POSIX folders (a bucket
-    mounted with Cloud Storage FUSE or s3fs works; read as a relative path, the URL would become a local folder)."""
+    enters: Orbax accepts only absolute paths, and a run must not depend on the folder it is resumed from. With
+    `urls`, a Cloud Storage folder `gs://bucket/prefix` is accepted as it is (`ringjax.storage`). Any other URL is
+    refused, naming `key` (read as a relative path, it would become a local folder)."""
+    if urls:
+        from ringjax.storage import resolve
+
+        return resolve(path, key)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
         raise ValueError(f"{key}={path!r}: object-store URLs are not supported as paths; mount the bucket (Cloud "
                          f"Storage FUSE, s3fs) or use a shared filesystem, and give the mounted folder")

@@ -226,12 +226,22 @@ def unsharded_large_params(state: nnx.State, min_size: int = 2**14) -> list[tupl
     return found
 
 
+def _distributed_state():
+    from jax._src import distributed  # the state jax.distributed.initialize keeps (no public accessor)
+
+    return distributed.global_state
+
+
+def coordination_client():
+    """The client of JAX's coordination service that `initialize_distributed` made (its key-value store carries
+    `ringjax.trainer.driver`'s messages); None in a run of one process."""
+    return _distributed_state().client
+
+
 def process_layout() -> tuple[int, int]:
     """(this process's index, the number of processes) of a run joined by `initialize_distributed`, read without
     starting JAX's backends (so that Ray may still fork this process); (0, 1) when it joined none."""
-    from jax._src import distributed  # the state jax.distributed.initialize keeps (no public accessor)
-
-    state = distributed.global_state
+    state = _distributed_state()
     return (state.process_id or 0, state.num_processes or 1) if state.client is not None else (0, 1)
 
 

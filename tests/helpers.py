@@ -28,3 +28,18 @@ def random_model(cfg, seed=0):
         return jnp.asarray(value, x.dtype)
 
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
+
+
+_OWN_LINES = ("ringjax: ", "sft: ", "eval after ", "| ", "|---")  # ringjax's lines and its accuracy table
+
+
+def foreign_lines(log: str) -> list[str]:
+    """The lines of a `ringjax train` console log that ringjax did not print (its JSON summary runs from a "{" to a
+    "}" line)."""
+    foreign, in_summary = [], False
+    for line in log.splitlines():
+        if line in ("{", "}"):
+            in_summary = line == "{"
+        elif line and not in_summary and not line.startswith(_OWN_LINES):
+            foreign.append(line)
+    return foreign

@@ -57,7 +57,8 @@ def test_export_preset_then_info_and_reload(tmp_path, capsys):
     (["info", "preset:ling-huge"], "ling-huge"),
     (["export", "does/not/exist", "out"], "does/not/exist"),
     (["export", "preset:tiny-v1", "gs://bucket/model"], "export destination='gs://bucket/model': object-store URLs"),
-    (["train", "out=gs://bucket/run"], "out='gs://bucket/run': object-store URLs are not supported"),
+    (["train", "out=s3://bucket/run"], "out='s3://bucket/run': not a supported location"),
+    (["train", "out=gs://Not_A_Bucket/run"], "out='gs://Not_A_Bucket/run': not a supported location"),
     (["train", "out=out", "data.source=files", "data.prompts=s3://b/p.jsonl"], "data.prompts='s3://b/p.jsonl'"),
 ])
 def test_bad_input_names_the_culprit(argv, culprit, capsys, tmp_path, monkeypatch):

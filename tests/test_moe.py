@@ -82,6 +82,16 @@ def test_cpu_kernel_choice():
     assert segment_tile(16, 16) == 8 and segment_tile(2048, 16) == 64 and segment_tile(10**6, 16) == 128
 
 
+@pytest.mark.parametrize("backend, training, decode", [("gpu", "segment", "gather"),
+                                                       ("tpu", "ragged_dot", "ragged_dot")])
+def test_accelerator_kernel_choice(backend, training, decode, monkeypatch):
+    """`auto` off CPU: XLA:GPU expands ragged_dot into a product over every expert (128 GiB for a 4-layer
+    Ling-mini-2.0 train step on an H200), so GPUs take the CPU's kernels; TPUs keep ragged_dot, a native kernel."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert resolve_impl("auto", SEGMENT_MIN_ROWS * 256, 256) == training
+    assert resolve_impl("auto", 8 * 256, 256) == decode
+
+
 def test_tile_sizes_covered():
     """The cases above take tiles 1, 4, 16 and 32; decode-sized inputs avoid one weight gather per row."""
     assert tile_size(3, 4) == 1 and tile_size(14, 4) == 4 and tile_size(208, 8) == 16 and tile_size(600, 4) == 32

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import foreign_lines
 
 from ringjax.pipeline.tokenizer import Tokenizer
 
@@ -70,24 +71,10 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(run):
     assert [m["step"] for m in _metrics(os.path.join(run["out"], "code", "logs", "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
-_OWN_LINES = ("ringjax: ", "sft: ", "eval after ", "| ", "|---")  # ringjax's lines and its accuracy table
-
-
-def _foreign_lines(log: str) -> list[str]:
-    """The lines of a console log that ringjax did not print (its JSON summary runs from a "{" to a "}" line)."""
-    foreign, in_summary = [], False
-    for line in log.splitlines():
-        if line in ("{", "}"):
-            in_summary = line == "{"
-        elif line and not in_summary and not line.startswith(_OWN_LINES):
-            foreign.append(line)
-    return foreign
-
-
 def test_the_console_holds_ringjax_lines_only(run):
     """Interrupted and resumed, with Ray workers: no dependency (Ray, JAX, Orbax, absl, ...) prints a line."""
     for log in (run["first_log"], run["second_log"]):
-        assert _foreign_lines(log) == [], log[-3000:]
+        assert foreign_lines(log) == [], log[-3000:]
 
 
 def test_every_stage_ran_and_left_its_outputs(run):

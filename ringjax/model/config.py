@@ -48,8 +48,9 @@ class RopeScaling:
 @dataclasses.dataclass(frozen=True)
 class ComputeConfig:
     """How the model runs; never part of a checkpoint. Norms, router, softmax and log-probs always run in float32.
-    `moe: auto` is `ragged_dot` on GPU / TPU and `segment` on CPU, where XLA lowers ragged_dot to a dense
-    all-experts product; `dense` runs every expert on every token and exists only as a test reference."""
+    `moe: auto` is `ragged_dot` on TPU; on CPU and GPU, where XLA lowers ragged_dot to a dense all-experts
+    product, `segment` (training, prefill) or `gather` (decode); `dense` runs every expert on every token and
+    exists only as a test reference."""
 
     dtype: str = "float32"  # activation / matmul dtype: float32, bfloat16 or float16
     param_dtype: str = "float32"  # storage dtype of the weights

@@ -26,7 +26,7 @@ from ringjax.trainer.sft import SFTConfig
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.yaml")
 
 
-def _resolve_paths(section: Any, prefix: str, *names: str) -> None:
+def _resolve_paths(section: Any, prefix: str, *names: str, urls: bool = False) -> None:
     """Makes the path fields `names` of the frozen `section` (`prefix`: its dotted key, "" at the top) absolute
     (`user_path`) and remembers what was typed (`section._typed`, resolved -> typed) for error messages."""
     typed = dict(getattr(section, "_typed", {}))
@@ -35,7 +35,7 @@ def _resolve_paths(section: Any, prefix: str, *names: str) -> None:
         if value is None:
             continue
         paths = (value,) if isinstance(value, str) else tuple(value)
-        resolved = tuple(user_path(p, prefix + name) for p in paths)
+        resolved = tuple(user_path(p, prefix + name, urls) for p in paths)
         typed.update({r: typed.get(p, p) for r, p in zip(resolved, paths)})
         object.__setattr__(section, name, resolved[0] if isinstance(value, str) else resolved)
     object.__setattr__(section, "_typed", typed)
@@ -285,7 +285,7 @@ class PipelineConfig:
     export: ExportSection = ExportSection()  # the final Hugging Face folder
 
     def __post_init__(self):
-        _resolve_paths(self, "", "out")
+        _resolve_paths(self, "", "out", urls=True)  # a run folder may be a Cloud Storage folder
         stages = tuple(s if isinstance(s, StageSection) else from_dict(StageSection, s, f"stages.{i}.")
                        for i, s in enumerate(self.stages))
         object.__setattr__(self, "stages", stages)

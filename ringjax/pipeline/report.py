@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 
+from ringjax import storage
 from ringjax.trainer.metrics import read_metrics
 
 
@@ -19,7 +20,7 @@ def plot_curves(path: str, stages: Sequence[tuple[str, str]], evals: Mapping[str
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     offset = 0
     for name, log_dir in stages:
-        rows = read_metrics(log_dir) if os.path.isfile(os.path.join(log_dir, "metrics.jsonl")) else []
+        rows = read_metrics(log_dir) if storage.is_file(storage.join(log_dir, "metrics.jsonl")) else []
         rows = [r for r in rows if "reward_mean" in r]
         if rows:
             left.plot([offset + r["step"] for r in rows], [r["reward_mean"] for r in rows], label=f"stage {name}")
@@ -41,8 +42,8 @@ def plot_curves(path: str, stages: Sequence[tuple[str, str]], evals: Mapping[str
     if domains:
         right.legend(loc="lower right")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    storage.write_bytes(path, png.getvalue())
     return path

@@ -11,13 +11,12 @@ relative to the run folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import sys
 import threading
 from typing import Any
 
+from ringjax import storage
 from ringjax.config_io import build_config, to_dict
 from ringjax.pipeline.config import PipelineConfig
 
@@ -51,28 +50,29 @@ def _with_defaults(theirs: dict) -> dict:
 def claim(cfg: PipelineConfig, overwrite: bool = False, log=print) -> bool:
     """Takes `cfg.out` for this run; True when it resumes an earlier run of the same config.
 
-    FileExistsError when the folder holds a different run, or files that are not a ringjax run."""
+    FileExistsError when the folder holds a different run, or files that are not a ringjax run; ValueError naming
+    `out` when an object-store folder cannot be written (`storage.check_writable`)."""
     out, mine = cfg.out, _plain(to_dict(cfg))
-    path = os.path.join(out, RUN)
-    if overwrite and os.path.isdir(out):
-        if os.listdir(out) and not os.path.isfile(path):
+    storage.check_writable(out, "out")
+    path = storage.join(out, RUN)
+    if overwrite and storage.is_dir(out):
+        if storage.listdir(out) and not storage.is_file(path):
             raise FileExistsError(f"--overwrite: {out} is not a ringjax run folder (no {RUN}); remove it yourself")
-        shutil.rmtree(out)
-    if os.path.isfile(path):
-        with open(path) as f:
-            theirs = _with_defaults(json.load(f))
+        storage.rmtree(out)
+    if storage.is_file(path):
+        theirs = _with_defaults(storage.read_json(path))
         differ = _diff({**theirs, "out": out}, mine)
         if differ:
             raise FileExistsError(f"output folder {out} holds a different run (config differs in {differ[:6]}); "
                                   f"choose another out=..., or pass --overwrite to replace it")
         if theirs.get("out") != out:
             log(f"ringjax: the run folder moved from {theirs.get('out')} to {out}; resuming here")
-            _atomic_json(path, mine)
+            storage.write_json(path, mine)
         return True
-    if os.path.isdir(out) and os.listdir(out):
+    if storage.listdir(out):
         raise FileExistsError(f"output folder {out} exists, is not empty and holds no ringjax run ({RUN})")
-    os.makedirs(out, exist_ok=True)
-    _atomic_json(path, mine)  # before jax.distributed starts: every host writes the same content
+    storage.makedirs(out)
+    storage.write_json(path, mine)  # before jax.distributed starts: every host writes the same content
     return False
 
 
@@ -81,24 +81,14 @@ def write_json(path: str, value: Any) -> None:
     import jax
 
     if jax.process_index() == 0:
-        _atomic_json(path, value)
-
-
-def _atomic_json(path: str, value: Any) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-    os.replace(tmp, path)
+        storage.write_json(path, value)
 
 
 def read_state(out: str) -> dict:
     """{"done": {stage: result}, "evals": {point: held-out result}, "filters": {stage: pass-rate filter result}}
     (a state written before a section existed reads it as empty)."""
-    path = os.path.join(out, STATE)
-    state = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            state = json.load(f)
+    path = storage.join(out, STATE)
+    state = storage.read_json(path) if storage.is_file(path) else {}
     return {"done": {}, "evals": {}, "filters": {}, **state}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import numpy as np
 
+from ringjax import storage
 from ringjax.data import filter_by_pass_rate
 from ringjax.data.records import PromptRecord
 from ringjax.model import Ling
@@ -23,7 +23,7 @@ from ringjax.pipeline.data import RunData, build_data
 from ringjax.pipeline.evaluate import engine_slots, evaluate
 from ringjax.pipeline.tokenizer import Tokenizer, train_tokenizer
 from ringjax.sharding import process_layout
-from ringjax.trainer.driver import Driver
+from ringjax.trainer.driver import Driver, rollout_driver
 from ringjax.trainer.engines import export_for_servers, make_engine
 from ringjax.trainer.model_checkpoint import latest_step_dir, restore_model
 from ringjax.trainer.sft import SFTExample, eval_entropies, train_sft
@@ -129,8 +129,8 @@ def _start_ray(cfg: PipelineConfig) -> None:
 
 
 def _tokenizer(cfg: PipelineConfig, data: RunData, log) -> Tokenizer:
-    folder = os.path.join(cfg.out, "tokenizer")
-    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    folder = storage.join(cfg.out, "tokenizer")
+    if storage.is_file(storage.join(folder, "tokenizer.json")):
         return Tokenizer.load(folder)
     kind = cfg.tokenizer.kind
     if kind == "hf":
@@ -234,7 +234,7 @@ def rl(ctx: Context, stage: StageSection, model: Ling, on_step, stop,
     if result.stopped:
         return {"stopped": True, "step": step}
     rewards = [h["reward_mean"] for h in result.history]
-    return {"stopped": False, "step": step, "final_dir": os.path.relpath(latest_step_dir(run_dir), ctx.cfg.out),
+    return {"stopped": False, "step": step, "final_dir": storage.relative(latest_step_dir(run_dir), ctx.cfg.out),
             "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None}
 
 
@@ -290,9 +290,7 @@ def _measure(ctx: Context, model: Ling, records: Sequence[PromptRecord], rl_cfg,
 
 def _driver(ctx: Context, rl_cfg) -> Driver | None:
     """A trainer of several processes evaluating with Ray workers: process 0 drives them (`ringjax.trainer.driver`)."""
-    if ctx.cfg.eval.engine == "jax" or jax.process_count() == 1 or not rl_cfg.rollout.workers:
-        return None
-    return Driver("eval", dtype=rl_cfg.rollout.weight_dtype, send_timeout_s=rl_cfg.rollout.rpc_timeout_s)
+    return None if ctx.cfg.eval.engine == "jax" else rollout_driver("eval", rl_cfg.rollout)
 
 
 def pass_rates(ctx: Context, stage: StageSection, model: Ling) -> dict:
@@ -336,9 +334,11 @@ def export(ctx: Context, model: Ling) -> str:
     from ringjax.hf import save_pretrained
 
     e = ctx.cfg.export
-    path = save_pretrained(model, os.path.join(ctx.cfg.out, "hf"), dtype=e.dtype, max_shard_size=e.max_shard_size,
-                           mtp=e.mtp, overwrite=True)
-    ctx.tokenizer.save(path)
+    path = storage.join(ctx.cfg.out, "hf")
+    # a Cloud Storage run folder: written to a local folder, then uploaded by the process that wrote the files
+    with storage.staged(path, upload=jax.process_index() == 0) as local:
+        save_pretrained(model, local, dtype=e.dtype, max_shard_size=e.max_shard_size, mtp=e.mtp, overwrite=True)
+        ctx.tokenizer.save(local)
     ctx.log(f"ringjax: exported the final model with its tokenizer to {path}")
     return path
 
@@ -351,6 +351,5 @@ def plot(ctx: Context, state: dict, points: list[str]) -> str | None:
     path = os.path.join(ctx.cfg.out, "curves.png")
     stages = [(s.name, os.path.join(ctx.cfg.out, s.name, "logs")) for s in ctx.cfg.stages]
     plot_curves(path, stages, {p: state["evals"][p] for p in points if p in state["evals"]})
-    with open(os.path.join(ctx.cfg.out, "evals.json"), "w") as f:
-        json.dump(state["evals"], f, indent=2)
+    storage.write_json(storage.join(ctx.cfg.out, "evals.json"), state["evals"])
     return path

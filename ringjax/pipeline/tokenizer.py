@@ -8,13 +8,13 @@ Byte-level means every string round-trips exactly: `decode(encode(t)) == t`.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ringjax import storage
 
 PAD, EOS = "<pad>", "<eos>"
 RESERVED_TOKENS = (PAD, EOS)
@@ -40,26 +40,25 @@ class Tokenizer:
         return self.hf.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
 
     def save(self, folder: str) -> None:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder`."""
-        os.makedirs(folder, exist_ok=True)
-        self.hf.save(os.path.join(folder, "tokenizer.json"))
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder` (local or a Cloud
+        Storage folder, `ringjax.storage`)."""
+        storage.write_bytes(storage.join(folder, "tokenizer.json"), self.hf.to_str(pretty=True).encode())
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "pad_token": PAD,
                   "model_max_length": self.model_max_length, "clean_up_tokenization_spaces": False}
-        _write_json(os.path.join(folder, "tokenizer_config.json"), config)
-        _write_json(os.path.join(folder, "special_tokens_map.json"), {"eos_token": EOS, "pad_token": PAD})
+        storage.write_json(storage.join(folder, "tokenizer_config.json"), config)
+        storage.write_json(storage.join(folder, "special_tokens_map.json"), {"eos_token": EOS, "pad_token": PAD})
 
     @classmethod
     def load(cls, folder: str) -> Tokenizer:
         """Read a folder written by `save` (or any folder holding a compatible tokenizer.json)."""
-        path = os.path.join(folder, "tokenizer.json")
-        if not os.path.isfile(path):
+        path = storage.join(folder, "tokenizer.json")
+        if not storage.is_file(path):
             raise FileNotFoundError(f"no tokenizer.json in {folder!r}")
         max_length = MODEL_MAX_LENGTH
-        config_path = os.path.join(folder, "tokenizer_config.json")
-        if os.path.isfile(config_path):
-            with open(config_path) as f:
-                max_length = int(json.load(f).get("model_max_length", MODEL_MAX_LENGTH))
-        return cls(HFTokenizer.from_file(path), max_length)
+        config_path = storage.join(folder, "tokenizer_config.json")
+        if storage.is_file(config_path):
+            max_length = int(storage.read_json(config_path).get("model_max_length", MODEL_MAX_LENGTH))
+        return cls(HFTokenizer.from_str(storage.read_text(path)), max_length)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -82,9 +81,3 @@ def _special_id(hf: HFTokenizer, token: str) -> int:
     if idx is None:
         raise ValueError(f"tokenizer has no {token!r} token")
     return idx
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")

@@ -4,7 +4,8 @@ A thin wrapper over `orbax.checkpoint.CheckpointManager`. Step directory `<dir>/
 (the array pytree, `StandardSave`), `meta` (a JSON dict naming the run / model) and one JSON item per extra
 (e.g. `data` = grain iterator state, `rollout`, `metrics`). New-style `jax.random.key` arrays round-trip natively
 in orbax 0.12.8 (stored as their uint32 key data). Orbax writes into `<step>.orbax-checkpoint-tmp` and renames
-on success, so a failed save never touches finished steps and never shows up in `all_steps()`. What differs from
+on success (on Cloud Storage, with no rename, it writes `<step>/` and a commit marker last), so a failed save never
+touches finished steps and never shows up in `all_steps()`. What differs from
 bare orbax: inputs are checked before anything is written (leaf types, JSON-ability, step already saved), and
 `restore` refuses a checkpoint of another model (`meta`) or of another tree structure / shape, naming the culprit.
 """
@@ -12,12 +13,13 @@ bare orbax: inputs are checked before anything is written (leaf types, JSON-abil
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ringjax import storage
 
 STATE, META = "state", "meta"
 _LEAF_TYPES = (jax.Array, np.ndarray, np.generic, int, float)
@@ -46,11 +48,14 @@ def _saved_shape(leaf: Any) -> tuple[int, ...]:
 
 
 def checkpoint_steps(directory: str) -> list[int]:
-    """Steps of the finished checkpoints in `directory` (its numeric subfolders; Orbax's temporary folders of
-    unfinished saves are not numeric), ascending; [] when the folder does not exist."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+    """Steps of the finished checkpoints in `directory`, ascending; [] when the folder does not exist. Finished:
+    a numeric subfolder (Orbax's temporary folders of unfinished saves are not numeric) which, on an object store
+    (where Orbax cannot rename, `ringjax.storage`), holds the commit marker Orbax writes last."""
+    names = storage.listdir(directory)
+    steps = [int(d) for d in names if d.isdigit() and storage.is_dir(storage.join(directory, d))]
+    if storage.is_url(directory):
+        steps = [s for s in steps if ocp.path.step.is_path_finalized(storage.path(storage.join(directory, str(s))))]
+    return sorted(steps)
 
 
 class Checkpointer:
@@ -60,8 +65,9 @@ class Checkpointer:
         for field, value in (("every", every), ("keep", keep)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Checkpointer: {field} must be an int >= 1, got {value!r}")
-        # Orbax takes absolute paths only: a relative one is relative to the current folder
-        self.directory, self.every, self.meta = os.path.abspath(directory), every, _json(META, meta)
+        # Orbax takes absolute paths (or gs:// URLs) only: a relative one is relative to the current folder
+        self.directory = storage.resolve(directory, "checkpoint folder")
+        self.every, self.meta = every, _json(META, meta)
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
             registry.add(STATE, args, ocp.handlers.StandardCheckpointHandler)  # so item_metadata gives the tree
@@ -141,8 +147,8 @@ class Checkpointer:
             )
         # The JSON items first, named by the step folder: Orbax then knows a handler for every item, and its
         # `item_metadata` (for the state's tree) does not warn about items it could not read.
-        step_dir = os.path.join(self.directory, str(step))
-        names = sorted(n for n in os.listdir(step_dir) if n != STATE and os.path.isdir(os.path.join(step_dir, n)))
+        step_dir = storage.join(self.directory, str(step))
+        names = [n for n in storage.listdir(step_dir) if n != STATE and storage.is_dir(storage.join(step_dir, n))]
         js = self._manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names}))
         item_meta = self._manager.item_metadata(step)
         saved_meta = js[META] if META in names else {}

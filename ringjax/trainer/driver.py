@@ -19,10 +19,11 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ringjax.sharding import process_layout
+from ringjax.sharding import coordination_client, process_layout
 
 T = TypeVar("T")
 CHUNK = 2 << 20  # bytes per key-value entry
@@ -35,11 +36,18 @@ class LeaderFailed(RuntimeError):
 
 
 def _client():
-    from jax._src import distributed  # the client jax.distributed.initialize made (no public accessor yet)
-
-    if distributed.global_state.client is None:
+    client = coordination_client()
+    if client is None:
         raise RuntimeError("a Driver needs jax.distributed.initialize() first (mesh.distributed: true)")
-    return distributed.global_state.client
+    return client
+
+
+def rollout_driver(name: str, rollout) -> Driver | None:
+    """The Driver of loop `name` for a trainer of several processes whose rollouts run in Ray workers (`rollout`:
+    an `RLConfig.rollout`; process 0 drives the workers); None with one process or rollouts on the mesh."""
+    if process_layout()[1] == 1 or not rollout.workers:
+        return None
+    return Driver(name, dtype=rollout.weight_dtype, send_timeout_s=rollout.rpc_timeout_s)
 
 
 class Driver:
@@ -158,7 +166,7 @@ class Driver:
             raise failure
 
     def _handles(self, command: dict) -> dict[str, Any]:
-        if command["auth"] and "ray" not in __import__("sys").modules:
+        if command["auth"] and "ray" not in sys.modules:
             os.environ.setdefault("RAY_AUTH_MODE", command["auth"])  # read when Ray is imported
         import ray
 

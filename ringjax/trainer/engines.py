@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ringjax import storage
 from ringjax.model import Ling
 from rollout.jax_engine import JaxEngine
 from rollout.weights import flat_weights
@@ -51,13 +52,14 @@ def check_rollout_processes(key: str, r, processes: int) -> None:
 
 def export_for_servers(model: Ling, cfg: RLConfig, run_dir: str | None) -> str | None:
     """SGLang engines (`rollout.engine: sglang`): exports `model` to `run_dir/rollout_init_hf` (a new temporary
-    folder when `run_dir` is None), which the servers start from, and returns the folder; else None. Every process
-    of a multi-process trainer calls it (each writes its part)."""
+    folder when `run_dir` is None or in an object store), which the servers start from, and returns the folder;
+    else None. Every process of a multi-process trainer calls it (each writes its part)."""
     if cfg.rollout.engine != "sglang":
         return None
     from ringjax.hf import save_pretrained
 
-    path = os.path.join(run_dir or tempfile.mkdtemp(prefix="ringjax_rollout_"), "rollout_init_hf")
+    local = run_dir is not None and not storage.is_url(run_dir)  # the servers read a local folder
+    path = os.path.join(run_dir if local else tempfile.mkdtemp(prefix="ringjax_rollout_"), "rollout_init_hf")
     save_pretrained(model, path, overwrite=True)
     return path
 

@@ -1,13 +1,22 @@
-"""Step metrics to TensorBoard (tensorboardX) and to a JSONL file beside it, from the host."""
+"""Step metrics to TensorBoard (tensorboardX) and to a JSONL file beside it, from the host.
+
+On a Cloud Storage run folder (`ringjax.storage`), which has no append, both files are rewritten whole after every
+row: metrics.jsonl from the rows held in memory (a row is a few hundred bytes), the TensorBoard event file from a
+local temporary folder that tensorboardX writes into (its own Cloud Storage writer uploads again when garbage
+collected, so a finished writer could still be touching the store at exit)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 
 from tensorboardX import SummaryWriter
+
+from ringjax import storage
 
 
 class MetricsWriter:
@@ -22,13 +31,20 @@ class MetricsWriter:
     def __init__(self, log_dir: str, prefix: str = "train", enabled: bool = True, resumed_at: int | None = None):
         self.prefix = prefix
         self.enabled = enabled
-        self.path = os.path.join(log_dir, "metrics.jsonl")
+        self.path = storage.join(log_dir, "metrics.jsonl")
+        self.log_dir = log_dir
+        self._rows: list[str] | None = None  # an object store's whole file, rewritten after each row
+        self._staging: str | None = None  # the local folder of the event file, for an object store
         if enabled:
-            os.makedirs(log_dir, exist_ok=True)
-            if resumed_at is not None and os.path.isfile(self.path):
+            storage.makedirs(log_dir)
+            if resumed_at is not None and storage.is_file(self.path):
                 _drop_after(self.path, resumed_at)
-            self._tb = SummaryWriter(log_dir)
-            self._jsonl = open(self.path, "a")
+            if storage.is_url(self.path):
+                self._rows = _lines(self.path) if storage.is_file(self.path) else []
+                self._staging = tempfile.mkdtemp(prefix="ringjax_tb_")
+            else:
+                self._jsonl = open(self.path, "a")
+            self._tb = SummaryWriter(self._staging or log_dir)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -38,28 +54,43 @@ class MetricsWriter:
             value = float(value)
             self._tb.add_scalar(f"{self.prefix}/{name}", value, int(step))
             row[name] = value if math.isfinite(value) else str(value)
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        if self._rows is None:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        else:
+            self._rows.append(json.dumps(row) + "\n")
+            storage.write_bytes(self.path, "".join(self._rows).encode())
+            self._upload_events()
+
+    def _upload_events(self) -> None:
+        self._tb.flush()
+        for name in os.listdir(self._staging):
+            with open(os.path.join(self._staging, name), "rb") as f:
+                storage.write_bytes(storage.join(self.log_dir, name), f.read())
 
     def close(self) -> None:
         if self.enabled:
+            if self._rows is None:
+                self._jsonl.close()
+            else:
+                self._upload_events()
             self._tb.close()
-            self._jsonl.close()
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _lines(path: str) -> list[str]:
+    return [line + "\n" for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def _drop_after(path: str, step: int) -> None:
     """Rewrites metrics.jsonl `path` (atomically) without the rows of steps after `step`."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = _lines(path)
     keep = [line for line in lines if json.loads(line)["step"] <= step]
     if len(keep) < len(lines):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        storage.write_bytes(path, "".join(keep).encode())
 
 
 def read_metrics(log_dir: str) -> list[dict]:
     """The JSON lines `MetricsWriter` wrote (for tests, notebooks and checkpoint pickers)."""
-    with open(os.path.join(log_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in _lines(storage.join(log_dir, "metrics.jsonl"))]

@@ -9,13 +9,13 @@ those leaves, which `restore_model` and the trainers' `model.checkpoint` start f
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from ringjax import storage
 from ringjax.model import Ling, LingConfig, abstract_model
 from ringjax.sharding import state_shardings
 from ringjax.trainer.checkpoint import META, STATE, Checkpointer, checkpoint_steps
@@ -26,24 +26,23 @@ _MODEL_PARTS = ("params", "frozen")
 
 
 def is_step_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, META, "metadata")) and os.path.isdir(os.path.join(path, STATE))
+    return storage.is_file(storage.join(path, META, "metadata")) and storage.is_dir(storage.join(path, STATE))
 
 
 def latest_step_dir(path: str) -> str:
     """`path` itself if it is a checkpoint step folder, else its (or its `checkpoints/`) newest step folder."""
     if is_step_dir(path):
         return path
-    for folder in (path, os.path.join(path, "checkpoints")):
+    for folder in (path, storage.join(path, "checkpoints")):
         for step in reversed(checkpoint_steps(folder)):
-            if is_step_dir(os.path.join(folder, str(step))):
-                return os.path.join(folder, str(step))
+            if is_step_dir(storage.join(folder, str(step))):
+                return storage.join(folder, str(step))
     raise FileNotFoundError(f"{path} is not an Orbax checkpoint step folder and holds no checkpoints/<step>/")
 
 
 def read_model_config(step_dir: str, **compute) -> LingConfig:
     """The architecture a checkpoint's `meta` records, with `compute` settings (dtypes, remat) applied."""
-    with open(os.path.join(step_dir, META, "metadata")) as f:
-        meta = json.load(f)
+    meta = storage.read_json(storage.join(step_dir, META, "metadata"))
     fields = {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("model.")}
     if not fields:
         raise ValueError(f"{step_dir}: checkpoint meta names no model (keys {sorted(meta)[:5]})")
@@ -54,7 +53,7 @@ def read_model_config(step_dir: str, **compute) -> LingConfig:
 
 def restore_model(path: str, mesh: Mesh | None = None, **compute) -> Ling:
     """The model of checkpoint `path` (a step folder, a checkpoints folder or a run folder: newest step)."""
-    step_dir = latest_step_dir(os.path.abspath(path))  # Orbax reads absolute paths only
+    step_dir = latest_step_dir(storage.resolve(path, "checkpoint"))  # Orbax reads absolute paths only
     cfg = read_model_config(step_dir, **compute)
     graphdef, params, frozen = split_model(abstract_model(cfg))
     like = {"params": params, "frozen": frozen}
@@ -64,7 +63,7 @@ def restore_model(path: str, mesh: Mesh | None = None, **compute) -> Ling:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     restore_args = {k: ocp.ArrayRestoreArgs(sharding=getattr(v, "sharding", None) or device) for k, v in flat.items()}
     try:
-        read = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, STATE), args=ocp.args.PyTreeRestore(
+        read = ocp.PyTreeCheckpointer().restore(storage.join(step_dir, STATE), args=ocp.args.PyTreeRestore(
             item=flat, restore_args=restore_args, partial_restore=True))
     except (ValueError, KeyError) as e:
         raise ValueError(f"{step_dir}: cannot read the model weights of {cfg.architecture}: {e}") from e

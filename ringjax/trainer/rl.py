@@ -42,7 +42,7 @@ from ringjax.sharding import check_context, check_rows, context_size, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
 from ringjax.trainer.c3po import assemble_step, groups_in, pack_micro_batches, response_tokens, take_groups
 from ringjax.trainer.checkpoint import Checkpointer
-from ringjax.trainer.driver import Driver
+from ringjax.trainer.driver import Driver, rollout_driver
 from ringjax.trainer.engines import check_rollout_processes, export_for_servers, make_engine
 from ringjax.trainer.metrics import MetricsWriter
 from ringjax.trainer.optim import OptimConfig, make_optimizer
@@ -144,11 +144,8 @@ class RLResult:
 def _driver(cfg: RLConfig) -> Driver | None:
     """The leader / follower messages of a trainer of several processes whose rollouts run in Ray workers (process
     0 drives them); None when every process generates on the mesh, or there is one process."""
-    r = cfg.rollout
-    check_rollout_processes("rl.rollout", r, jax.process_count())
-    if jax.process_count() == 1 or not r.workers:
-        return None
-    return Driver("rl", dtype=r.weight_dtype, send_timeout_s=r.rpc_timeout_s)
+    check_rollout_processes("rl.rollout", cfg.rollout, jax.process_count())
+    return rollout_driver("rl", cfg.rollout)
 
 
 def _enough(pool: Sequence, cfg: RLConfig) -> bool:

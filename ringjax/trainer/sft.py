@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ringjax import storage
 from ringjax.model import Ling
 from ringjax.sharding import check_context, check_rows, use_mesh
 from ringjax.trainer.batch import stack_micro_batches
@@ -353,22 +354,19 @@ def _resume(ckpt: Checkpointer, state: TrainState, data_id: dict) -> tuple[Train
 def eval_entropies(run_dir: str) -> dict[int, float | None]:
     """{checkpoint step: eval entropy} of the checkpoints in `run_dir/checkpoints`, read from their `eval` extra,
     else from the eval metrics log; None where neither has it."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = storage.join(run_dir, "checkpoints")
+    if not storage.is_dir(ckpt_dir):
         raise FileNotFoundError(f"{run_dir} has no checkpoints folder ({ckpt_dir})")
     steps = checkpoint_steps(ckpt_dir)
-    log_dir = os.path.join(run_dir, "logs", "eval")
+    log_dir = storage.join(run_dir, "logs", "eval")
     logged = {}
-    if os.path.isfile(os.path.join(log_dir, "metrics.jsonl")):
+    if storage.is_file(storage.join(log_dir, "metrics.jsonl")):
         logged = {int(row["step"]): float(row["entropy"]) for row in read_metrics(log_dir) if "entropy" in row}
     out: dict[int, float | None] = {}
     for step in steps:
-        path = os.path.join(ckpt_dir, str(step), "eval", "metadata")  # orbax JsonSave item file
-        value = None
-        if os.path.isfile(path):
-            with open(path) as f:
-                saved = json.load(f)
-            value = saved.get("entropy") if isinstance(saved, dict) else None
+        path = storage.join(ckpt_dir, str(step), "eval", "metadata")  # orbax JsonSave item file
+        saved = storage.read_json(path) if storage.is_file(path) else None
+        value = saved.get("entropy") if isinstance(saved, dict) else None
         out[step] = float(value) if value is not None else logged.get(step)
     return out
 
