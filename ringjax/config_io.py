@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
+
+from ringjax.storage import is_url, resolve
 
 T = TypeVar("T")
 
@@ -123,14 +124,10 @@ def user_path(path: str, key: str = "path", urls: bool = False) -> str:
     enters: Orbax accepts only absolute paths, and a run must not depend on the folder it is resumed from. With
     `urls`, a Cloud Storage folder `gs://bucket/prefix` is accepted as it is (`ringjax.storage`). Any other URL is
     refused, naming `key` (read as a relative path, it would become a local folder)."""
-    if urls:
-        from ringjax.storage import resolve
-
-        return resolve(path, key)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+    if not urls and is_url(path):
         raise ValueError(f"{key}={path!r}: object-store URLs are not supported as paths; mount the bucket (Cloud "
                          f"Storage FUSE, s3fs) or use a shared filesystem, and give the mounted folder")
-    return os.path.abspath(os.path.expanduser(path))
+    return resolve(path, key)
 
 
 def shown_path(typed: str, resolved: str) -> str:
