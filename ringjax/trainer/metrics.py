@@ -37,10 +37,10 @@ class MetricsWriter:
         self._staging: str | None = None  # the local folder of the event file, for an object store
         if enabled:
             storage.makedirs(log_dir)
-            if resumed_at is not None and storage.is_file(self.path):
-                _drop_after(self.path, resumed_at)
+            exists = storage.is_file(self.path)
+            kept = _drop_after(self.path, resumed_at) if exists and resumed_at is not None else None
             if storage.is_url(self.path):
-                self._rows = _lines(self.path) if storage.is_file(self.path) else []
+                self._rows = kept if kept is not None else _lines(self.path) if exists else []
                 self._staging = tempfile.mkdtemp(prefix="ringjax_tb_")
             else:
                 self._jsonl = open(self.path, "a")
@@ -83,12 +83,13 @@ def _lines(path: str) -> list[str]:
     return [line + "\n" for line in storage.read_text(path).splitlines() if line.strip()]
 
 
-def _drop_after(path: str, step: int) -> None:
-    """Rewrites metrics.jsonl `path` (atomically) without the rows of steps after `step`."""
+def _drop_after(path: str, step: int) -> list[str]:
+    """Rewrites metrics.jsonl `path` (atomically) without the rows of steps after `step`; the rows kept."""
     lines = _lines(path)
     keep = [line for line in lines if json.loads(line)["step"] <= step]
     if len(keep) < len(lines):
         storage.write_bytes(path, "".join(keep).encode())
+    return keep
 
 
 def read_metrics(log_dir: str) -> list[dict]:
